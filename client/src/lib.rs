@@ -1,1 +1,422 @@
-//! placeholder
+//! Async client for ramkv.
+//!
+//! One [`Client`] is one TCP connection. Any number of tasks may call it at
+//! once: each call gets its own request id, the requests are pipelined on the
+//! connection, and replies, which may come back in any order, are matched to
+//! their callers by id.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ramkv_client::Error> {
+//! let client = ramkv_client::Client::connect("127.0.0.1:7878").await?;
+//! let version = client.put("greeting", "hello").await?;
+//! let entry = client.get("greeting").await?.expect("just stored");
+//! assert_eq!(entry.version, version);
+//! # Ok(()) }
+//! ```
+//!
+//! The crate also holds the `ramkv` CLI and the `ramkv-bench` load generator,
+//! whose workload and measurement code lives in [`bench`].
+
+pub mod bench;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream_lite::next_frame;
+
+/// The protocol's generated types (`proto/ramkv.proto`), shared with the server.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/ramkv.v1.rs"));
+}
+
+use proto::request::Op;
+use proto::response::Result as Res;
+pub use proto::{Request, Response, Status};
+
+/// Everything that can go wrong with a call. Outcomes a caller branches on
+/// (a missing key, a failed compare-and-set, overload) are variants of their
+/// own rather than strings.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {addr}: {message} (is ramkv-server running there?)")]
+    Connect { addr: String, message: String },
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed: {0}")]
+    Closed(String),
+    #[error("version mismatch: the current version is {current} (0: the key does not exist)")]
+    VersionMismatch { current: u64 },
+    #[error("server overloaded: {0}")]
+    Overloaded(String),
+    #[error("server answered {status:?}: {message}")]
+    Server { status: Status, message: String },
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+/// A value with the version of the write that stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    pub version: u64,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Default limit for each call; see [`Client::call_with_timeout`].
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Largest reply frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_frame: 64 << 20,
+        }
+    }
+}
+
+type Waiters = Mutex<Waiting>;
+
+/// Calls awaiting replies, or why none will come any more.
+struct Waiting {
+    by_id: HashMap<u64, oneshot::Sender<Response>>,
+    closed: Option<String>,
+}
+
+struct Inner {
+    frames: mpsc::UnboundedSender<Bytes>,
+    waiting: Arc<Waiters>,
+    next_id: AtomicU64,
+    opts: ClientOptions,
+    peer: SocketAddr,
+}
+
+/// A connection to a ramkv server; cheap to clone, and every clone shares it.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, Waiting> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Client {
+    /// Connects with default options.
+    pub async fn connect(addr: impl ToSocketAddrs + std::fmt::Display) -> Result<Client, Error> {
+        Self::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options. Must be called inside a tokio runtime,
+    /// which then runs the connection's reader and writer tasks.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+        opts: ClientOptions,
+    ) -> Result<Client, Error> {
+        let shown = addr.to_string();
+        let fail = |message: String| Error::Connect {
+            addr: shown.clone(),
+            message,
+        };
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail(format!("timed out after {:?}", opts.connect_timeout)))?
+            .map_err(|e| fail(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        let peer = stream.peer_addr().map_err(|e| fail(e.to_string()))?;
+        let (read, write) = stream.into_split();
+        let (frames, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting {
+            by_id: HashMap::new(),
+            closed: None,
+        }));
+        tokio::spawn(write_loop(write, rx, waiting.clone()));
+        tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                frames,
+                waiting,
+                next_id: AtomicU64::new(1),
+                opts,
+                peer,
+            }),
+        })
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// Sends one request with the default timeout and returns the raw reply,
+    /// whatever its status.
+    pub async fn call(&self, op: Op) -> Result<Response, Error> {
+        self.call_with_timeout(op, self.inner.opts.timeout).await
+    }
+
+    /// Sends one request and waits at most `timeout` for its reply. A reply
+    /// that comes later is discarded.
+    pub async fn call_with_timeout(&self, op: Op, timeout: Duration) -> Result<Response, Error> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = lock(&self.inner.waiting);
+            if let Some(why) = &w.closed {
+                return Err(Error::Closed(why.clone()));
+            }
+            w.by_id.insert(id, tx);
+        }
+        let req = Request { id, op: Some(op) };
+        let mut buf = BytesMut::with_capacity(4 + req.encoded_len());
+        buf.put_u32(req.encoded_len() as u32);
+        req.encode(&mut buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if self.inner.frames.send(buf.freeze()).is_err() {
+            lock(&self.inner.waiting).by_id.remove(&id);
+            return Err(Error::Closed("connection writer stopped".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => {
+                let why = lock(&self.inner.waiting).closed.clone();
+                Err(Error::Closed(
+                    why.unwrap_or_else(|| "connection closed".into()),
+                ))
+            }
+            Err(_) => {
+                lock(&self.inner.waiting).by_id.remove(&id);
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// The value and version of `key`, or `None` if it does not exist.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Entry>, Error> {
+        let resp = self.call(Op::Get(proto::Get { key: key.into() })).await?;
+        match check(resp, &[Status::NotFound])? {
+            (Status::NotFound, _) => Ok(None),
+            (_, Some(Res::Get(g))) => Ok(Some(Entry {
+                value: g.value,
+                version: g.version,
+            })),
+            (_, other) => Err(unexpected("GET", other)),
+        }
+    }
+
+    /// Stores `value` under `key`; returns the new version.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Error> {
+        self.put_op(key.into(), value.into(), None).await
+    }
+
+    /// Stores `value` only if the key's current version is `expected`
+    /// (0: only if the key does not exist). Fails with
+    /// [`Error::VersionMismatch`] otherwise.
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        expected: u64,
+    ) -> Result<u64, Error> {
+        self.put_op(key.into(), value.into(), Some(expected)).await
+    }
+
+    async fn put_op(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        expected_version: Option<u64>,
+    ) -> Result<u64, Error> {
+        let resp = self
+            .call(Op::Put(proto::Put {
+                key,
+                value,
+                expected_version,
+            }))
+            .await?;
+        match check(resp, &[])? {
+            (_, Some(Res::Put(p))) => Ok(p.version),
+            (_, other) => Err(unexpected("PUT", other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
+        let resp = self
+            .call(Op::Delete(proto::Delete {
+                key: key.into(),
+                expected_version: None,
+            }))
+            .await?;
+        Ok(check(resp, &[Status::NotFound])?.0 == Status::Ok)
+    }
+
+    /// Gets several keys in one round trip; one item per key, in order.
+    pub async fn multi_get<K: Into<Bytes>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<Entry>>, Error> {
+        let keys = keys.into_iter().map(Into::into).collect();
+        let resp = self.call(Op::MultiGet(proto::MultiGet { keys })).await?;
+        match check(resp, &[])? {
+            (_, Some(Res::MultiGet(m))) => Ok(m
+                .items
+                .into_iter()
+                .map(|i| {
+                    i.found.then_some(Entry {
+                        value: i.value,
+                        version: i.version,
+                    })
+                })
+                .collect()),
+            (_, other) => Err(unexpected("MULTI_GET", other)),
+        }
+    }
+
+    /// Puts several entries in one round trip; returns their new versions.
+    pub async fn multi_put<K: Into<Bytes>, V: Into<Bytes>>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Vec<u64>, Error> {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| proto::KeyValue {
+                key: k.into(),
+                value: v.into(),
+            })
+            .collect();
+        let resp = self.call(Op::MultiPut(proto::MultiPut { entries })).await?;
+        match check(resp, &[])? {
+            (_, Some(Res::MultiPut(m))) => Ok(m.versions),
+            (_, other) => Err(unexpected("MULTI_PUT", other)),
+        }
+    }
+
+    /// Round trip to the server; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let resp = self
+            .call(Op::Ping(proto::Ping {
+                payload: Bytes::new(),
+            }))
+            .await?;
+        check(resp, &[])?;
+        Ok(start.elapsed())
+    }
+
+    /// The server's counters and gauges, by name.
+    pub async fn stats(&self) -> Result<Vec<(String, u64)>, Error> {
+        let resp = self.call(Op::Stats(proto::Stats {})).await?;
+        match check(resp, &[])? {
+            (_, Some(Res::Stats(s))) => {
+                Ok(s.metrics.into_iter().map(|m| (m.name, m.value)).collect())
+            }
+            (_, other) => Err(unexpected("STATS", other)),
+        }
+    }
+}
+
+fn unexpected(op: &str, got: Option<Res>) -> Error {
+    Error::Protocol(format!("{op} reply carried {got:?}"))
+}
+
+/// Turns error statuses into [`Error`]s, except those in `allowed`.
+fn check(resp: Response, allowed: &[Status]) -> Result<(Status, Option<Res>), Error> {
+    let status = Status::try_from(resp.status)
+        .map_err(|_| Error::Protocol(format!("unknown status {}", resp.status)))?;
+    if status == Status::Ok || allowed.contains(&status) {
+        return Ok((status, resp.result));
+    }
+    Err(match (status, resp.result) {
+        (Status::VersionMismatch, Some(Res::Put(p))) => {
+            Error::VersionMismatch { current: p.version }
+        }
+        (Status::VersionMismatch, Some(Res::Delete(d))) => {
+            Error::VersionMismatch { current: d.version }
+        }
+        (Status::Overloaded, _) => Error::Overloaded(resp.message),
+        _ => Error::Server {
+            status,
+            message: resp.message,
+        },
+    })
+}
+
+/// Writes queued frames, coalescing all that are ready into one write.
+async fn write_loop(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    waiting: Arc<Waiters>,
+) {
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first);
+        while let Ok(more) = rx.try_recv() {
+            buf.extend_from_slice(&more);
+        }
+        if let Err(e) = w.write_all(&buf).await {
+            fail_all(&waiting, format!("write failed: {e}"));
+            return;
+        }
+        buf.clear();
+    }
+}
+
+/// Routes each reply to its caller; on close, fails every waiting call.
+async fn read_loop(r: tokio::net::tcp::OwnedReadHalf, max_frame: usize, waiting: Arc<Waiters>) {
+    let mut frames = tokio_util::codec::FramedRead::new(
+        r,
+        tokio_util::codec::LengthDelimitedCodec::builder()
+            .max_frame_length(max_frame)
+            .new_codec(),
+    );
+    let why = loop {
+        let frame = match next_frame(&mut frames).await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => break format!("read failed: {e}"),
+            None => break "server closed the connection".to_string(),
+        };
+        let resp = match Response::decode(frame.freeze()) {
+            Ok(r) => r,
+            Err(e) => break format!("undecodable reply: {e}"),
+        };
+        if resp.id == 0 && resp.status != Status::Ok as i32 {
+            // A connection-level error (too many connections, oversize frame).
+            break format!("server: {}", resp.message);
+        }
+        if let Some(tx) = lock(&waiting).by_id.remove(&resp.id) {
+            let _ = tx.send(resp);
+        }
+    };
+    fail_all(&waiting, why);
+}
+
+fn fail_all(waiting: &Waiters, why: String) {
+    let mut w = lock(waiting);
+    w.closed.get_or_insert(why);
+    w.by_id.clear();
+}
+
+/// `StreamExt::next` for `FramedRead`, without a dependency on a streams crate.
+mod tokio_stream_lite {
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    pub async fn next_frame<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+}

@@ -1,0 +1,1 @@
+//! Workload generation and measurement for `ramkv-bench`.

@@ -1,0 +1,138 @@
+//! Pipelining, out-of-order completion, and many connections at once.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Raw, server};
+use ramkv::wire::Status;
+use ramkv::wire::pb::{self, request::Op};
+use ramkv_client::Client;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_pipelined_requests_each_get_their_own_reply() {
+    for workers in [1, 3] {
+        let srv = server(|c| {
+            c.workers = Some(workers);
+            c.dispatchers = 2;
+            c.reuseport = true;
+        });
+        // 4 connections x 2,500 concurrent calls: every call is in flight at once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for conn in 0..4 {
+            let c = Client::connect(srv.local_addr()).await.unwrap();
+            for i in 0..2_500 {
+                let c = c.clone();
+                tasks.spawn(async move {
+                    let key = format!("c{conn}-k{i}");
+                    let value = format!("value of {key}");
+                    let v = c.put(key.clone(), value.clone()).await.unwrap();
+                    let e = c.get(key).await.unwrap().unwrap();
+                    assert_eq!(e.value, value, "a reply went to the wrong caller");
+                    assert_eq!(e.version, v);
+                    v
+                });
+            }
+        }
+        let mut versions = HashSet::new();
+        while let Some(v) = tasks.join_next().await {
+            assert!(versions.insert(v.unwrap()), "two puts got the same version");
+        }
+        assert_eq!(versions.len(), 10_000);
+        srv.shutdown();
+    }
+}
+
+#[test]
+fn raw_pipeline_replies_match_ids() {
+    // Without the client library: 5,000 frames in one write; every id comes
+    // back exactly once with the payload it was sent with.
+    let srv = server(|c| c.workers = Some(2));
+    let mut raw = Raw::connect(srv.local_addr());
+    let mut burst = Vec::new();
+    for id in 1..=5_000u64 {
+        let payload = id.to_le_bytes().to_vec().into();
+        burst.extend(common::frame(&ramkv::wire::Request {
+            id,
+            op: Some(Op::Ping(pb::Ping { payload })),
+        }));
+    }
+    raw.send_bytes(&burst);
+    let mut seen = HashSet::new();
+    for _ in 0..5_000 {
+        let r = raw.recv().unwrap();
+        assert_eq!(r.status, Status::Ok as i32);
+        let Some(pb::response::Result::Ping(p)) = r.result else {
+            panic!("{r:?}")
+        };
+        assert_eq!(p.payload[..], r.id.to_le_bytes());
+        assert!(seen.insert(r.id));
+    }
+    srv.shutdown();
+}
+
+#[test]
+fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
+    // Two workers; a 1 s SPIN goes first on the connection, then 100 PINGs.
+    // Every PING must be answered before the SPIN: replies come back as
+    // they finish, not in request order.
+    let srv = server(|c| {
+        c.workers = Some(2);
+        c.enable_spin_op = true;
+        c.spin_op_max_us = 5_000_000;
+    });
+    let mut raw = Raw::connect(srv.local_addr());
+    let mut burst = common::frame(&ramkv::wire::Request {
+        id: 1,
+        op: Some(Op::Spin(pb::Spin {
+            nanos: 1_000_000_000,
+        })),
+    });
+    for id in 2..=101 {
+        burst.extend(common::frame(&ramkv::wire::Request {
+            id,
+            op: Some(Op::Ping(pb::Ping::default())),
+        }));
+    }
+    raw.send_bytes(&burst);
+    let order: Vec<u64> = (0..101).map(|_| raw.recv().unwrap().id).collect();
+    assert_eq!(
+        *order.last().unwrap(),
+        1,
+        "the slow request held up faster ones: {order:?}"
+    );
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_connections_at_once() {
+    for reuseport in [false, true] {
+        let srv = server(|c| {
+            c.dispatchers = 3;
+            c.reuseport = reuseport;
+            c.workers = Some(2);
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..300 {
+            let addr = srv.local_addr();
+            tasks.spawn(async move {
+                let c = Client::connect(addr).await.unwrap();
+                let v = c.put(format!("conn{i}"), format!("{i}")).await.unwrap();
+                (c, i, v)
+            });
+        }
+        let mut clients = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            clients.push(r.unwrap());
+        }
+        // All 300 are open at once; each still reads its own write.
+        for (c, i, v) in &clients {
+            let e = c.get(format!("conn{i}")).await.unwrap().unwrap();
+            assert_eq!((e.value, e.version), (format!("{i}").into(), *v));
+        }
+        let stats = clients[0].0.stats().await.unwrap();
+        assert_eq!(common::stat(&stats, "ramkv_connections_open"), 300);
+        drop(clients);
+        srv.shutdown();
+    }
+}

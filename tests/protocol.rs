@@ -1,0 +1,284 @@
+//! Every op and every status a client can provoke, over real sockets,
+//! against every architecture: the protocol must not depend on the threading.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Raw, server, stat};
+use ramkv::Arch;
+use ramkv::wire::Status;
+use ramkv::wire::pb::{self, request::Op};
+use ramkv_client::{Client, Error};
+
+/// Adjusts a test configuration into one architecture.
+type Setup = Box<dyn Fn(&mut ramkv::Config)>;
+
+/// Each architecture as the command line would configure it.
+fn architectures() -> Vec<(&'static str, Setup)> {
+    vec![
+        (
+            "lb, 1 dispatcher, 2 workers",
+            Box::new(|c| c.workers = Some(2)),
+        ),
+        ("lb, 1 worker", Box::new(|c| c.workers = Some(1))),
+        (
+            "lb, reuseport x3, 3 workers",
+            Box::new(|c| {
+                c.dispatchers = 3;
+                c.reuseport = true;
+                c.workers = Some(3);
+            }),
+        ),
+        (
+            "lb, 2 dispatchers handed off",
+            Box::new(|c| c.dispatchers = 2),
+        ),
+        (
+            "inline single-threaded",
+            Box::new(|c| c.arch = Arch::Inline),
+        ),
+        (
+            "inline, 3 acceptors on a shared socket",
+            Box::new(|c| {
+                c.arch = Arch::Inline;
+                c.dispatchers = 3;
+            }),
+        ),
+        (
+            "inline, reuseport x2",
+            Box::new(|c| {
+                c.arch = Arch::Inline;
+                c.dispatchers = 2;
+                c.reuseport = true;
+            }),
+        ),
+        (
+            "thread-per-conn",
+            Box::new(|c| c.arch = Arch::ThreadPerConn),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_op_and_status_in_every_architecture() {
+    for (name, adjust) in architectures() {
+        let srv = server(|c| {
+            adjust(c);
+            c.max_key = 16;
+            c.max_value = 64;
+            c.enable_spin_op = true;
+            c.spin_op_max_us = 1000;
+        });
+        let addr = srv.local_addr();
+        // Several connections, so sharded modes spread them over dispatchers.
+        for conn in 0..3 {
+            let c = Client::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let key = format!("k{conn}");
+            assert_eq!(
+                c.get(key.clone()).await.unwrap(),
+                None,
+                "{name}: missing key"
+            );
+            let v1 = c.put(key.clone(), "one").await.unwrap();
+            let e = c.get(key.clone()).await.unwrap().unwrap();
+            assert_eq!((e.value, e.version), (Bytes::from("one"), v1), "{name}");
+            // Compare-and-set: the wrong version is refused with the current one.
+            match c.cas(key.clone(), "two", v1 + 1000).await {
+                Err(Error::VersionMismatch { current }) => assert_eq!(current, v1, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+            let v2 = c.cas(key.clone(), "two", v1).await.unwrap();
+            assert!(v2 > v1, "{name}");
+            assert!(
+                matches!(c.cas(key.clone(), "x", 0).await, Err(Error::VersionMismatch { current }) if current == v2)
+            );
+            assert!(c.delete(key.clone()).await.unwrap(), "{name}");
+            assert!(
+                !c.delete(key.clone()).await.unwrap(),
+                "{name}: second delete"
+            );
+            assert!(
+                c.cas(key.clone(), "three", 0).await.unwrap() > v2,
+                "{name}: create-only put"
+            );
+
+            let versions = c.multi_put([("m1", "a"), ("m2", "b")]).await.unwrap();
+            assert_eq!(versions.len(), 2);
+            let items = c.multi_get(["m1", "nope", "m2"]).await.unwrap();
+            assert_eq!(items[0].as_ref().unwrap().value, "a");
+            assert_eq!(items[1], None);
+            assert_eq!(items[2].as_ref().unwrap().version, versions[1]);
+            c.ping().await.unwrap();
+
+            // Limits: TOO_LARGE for key and value, INVALID_REQUEST for an empty key.
+            let status_of = |r: Result<u64, Error>| match r {
+                Err(Error::Server { status, .. }) => status,
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(
+                status_of(c.put("k".repeat(17), "v").await),
+                ramkv_client::Status::TooLarge
+            );
+            assert_eq!(
+                status_of(c.put("k", "v".repeat(65)).await),
+                ramkv_client::Status::TooLarge
+            );
+            assert_eq!(
+                status_of(c.put("", "v").await),
+                ramkv_client::Status::InvalidRequest
+            );
+
+            // SPIN within its bound works; past it is refused.
+            let r = c
+                .call(Op::Spin(pb::Spin { nanos: 10_000 }).into_client())
+                .await
+                .unwrap();
+            assert_eq!(r.status, Status::Ok as i32, "{name}");
+            let r = c
+                .call(Op::Spin(pb::Spin { nanos: 5_000_000 }).into_client())
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                Status::InvalidRequest as i32,
+                "{name}: {}",
+                r.message
+            );
+        }
+        // A request with no op is INVALID_REQUEST and echoes its id.
+        let mut raw = Raw::connect(addr);
+        raw.send_bytes(&common::frame(&ramkv::wire::Request { id: 99, op: None }));
+        let r = raw.recv().unwrap();
+        assert_eq!(
+            (r.id, r.status),
+            (99, Status::InvalidRequest as i32),
+            "{name}"
+        );
+
+        let c = Client::connect(addr).await.unwrap();
+        let stats = c.stats().await.unwrap();
+        assert!(
+            stat(&stats, r#"ramkv_requests_total{op="put",status="OK"}"#) >= 6,
+            "{name}: {stats:?}"
+        );
+        assert!(
+            stat(
+                &stats,
+                r#"ramkv_requests_total{op="get",status="NOT_FOUND"}"#
+            ) >= 3,
+            "{name}"
+        );
+        assert_eq!(stat(&stats, "ramkv_store_keys"), 5, "{name}");
+        drop(c);
+        srv.shutdown();
+    }
+}
+
+/// Converts a server-side op into the client's identical generated type.
+trait IntoClient {
+    fn into_client(self) -> ramkv_client::proto::request::Op;
+}
+
+impl IntoClient for Op {
+    fn into_client(self) -> ramkv_client::proto::request::Op {
+        use prost::Message;
+        let bytes = ramkv::wire::Request {
+            id: 0,
+            op: Some(self),
+        }
+        .encode_to_vec();
+        ramkv_client::Request::decode(&bytes[..])
+            .unwrap()
+            .op
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_is_refused_unless_enabled() {
+    let srv = server(|_| {});
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    let r = c
+        .call(Op::Spin(pb::Spin { nanos: 1 }).into_client())
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::InvalidRequest as i32);
+    assert!(r.message.contains("--enable-spin-op"), "{}", r.message);
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_past_max_memory_fail_and_keep_what_is_stored() {
+    let srv = server(|c| c.max_memory = 4096);
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    let mut stored = Vec::new();
+    let err = loop {
+        let key = format!("key{}", stored.len());
+        match c.put(key.clone(), vec![7u8; 300]).await {
+            Ok(v) => stored.push((key, v)),
+            Err(e) => break e,
+        }
+    };
+    match err {
+        Error::Server { status, message } => {
+            assert_eq!(status, ramkv_client::Status::OutOfMemory);
+            assert!(message.contains("4096"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!stored.is_empty());
+    for (key, v) in &stored {
+        assert_eq!(
+            c.get(key.clone()).await.unwrap().unwrap().version,
+            *v,
+            "acknowledged put lost"
+        );
+    }
+    // Deleting frees room for new puts.
+    c.delete(stored[0].0.clone()).await.unwrap();
+    c.put("fresh", vec![1u8; 300]).await.unwrap();
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded_at_once() {
+    // One worker busy with a long SPIN, a queue bound of 2: the burst behind
+    // it overflows the queue and must be shed, not queued.
+    let srv = server(|c| {
+        c.workers = Some(1);
+        c.queue_bound = 2;
+        c.enable_spin_op = true;
+        c.spin_op_max_us = 2_000_000;
+    });
+    let mut raw = Raw::connect(srv.local_addr());
+    raw.send(1, Op::Spin(pb::Spin { nanos: 300_000_000 }));
+    let mut burst = Vec::new();
+    for id in 2..50 {
+        burst.extend(common::frame(&ramkv::wire::Request {
+            id,
+            op: Some(Op::Ping(pb::Ping::default())),
+        }));
+    }
+    raw.send_bytes(&burst);
+    let mut statuses = std::collections::HashMap::new();
+    for _ in 1..50 {
+        let r = raw.recv().unwrap();
+        *statuses.entry(r.status).or_insert(0) += 1;
+        if r.status == Status::Overloaded as i32 {
+            assert!(r.message.contains("overloaded"));
+        }
+    }
+    assert!(
+        statuses
+            .get(&(Status::Overloaded as i32))
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{statuses:?}"
+    );
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    assert!(stat(&c.stats().await.unwrap(), "ramkv_shed_total") > 0);
+    srv.shutdown();
+}
