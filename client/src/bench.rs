@@ -1,1 +1,0 @@
-//! Workload generation and measurement for `ramkv-bench`.

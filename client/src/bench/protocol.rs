@@ -1,0 +1,219 @@
+//! The three protocols `ramkv-bench` speaks, so memcached and Redis run the
+//! very same workload as ramkv: encode an operation, parse replies.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::proto::{self, Request, Response, Status, request::Op};
+
+/// What a target server is and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub kind: Kind,
+    pub addr: String,
+}
+
+/// The wire protocol of a target.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ramkv,
+    /// memcached's text protocol (`get`, `set`).
+    Memcache,
+    /// Redis RESP (`GET`, `SET`).
+    Redis,
+}
+
+impl Target {
+    /// Parses `ramkv://host:port`, `memcache://host:port`, `redis://host:port`,
+    /// or a bare `host:port` (ramkv).
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let (kind, addr) = match s.split_once("://") {
+            Some(("ramkv", a)) => (Kind::Ramkv, a),
+            Some(("memcache", a)) | Some(("memcached", a)) => (Kind::Memcache, a),
+            Some(("redis", a)) => (Kind::Redis, a),
+            Some((scheme, _)) => return Err(format!("unknown target scheme '{scheme}': use ramkv://, memcache:// or redis://")),
+            None => (Kind::Ramkv, s),
+        };
+        if addr.is_empty() {
+            return Err(format!("'{s}' has no host:port"));
+        }
+        Ok(Target { kind, addr: addr.trim_end_matches('/').to_string() })
+    }
+
+    /// Whether replies may arrive out of order (and so carry ids).
+    pub fn replies_carry_ids(&self) -> bool {
+        self.kind == Kind::Ramkv
+    }
+}
+
+/// One operation of a workload.
+pub enum Operation<'a> {
+    Get { key: &'a [u8] },
+    Set { key: &'a [u8], value: Bytes },
+    /// ramkv's benchmark-only SPIN.
+    Spin { nanos: u64 },
+}
+
+/// Appends one request to `out`. `id` is used only by ramkv.
+pub fn encode(kind: Kind, id: u64, op: &Operation, out: &mut BytesMut) {
+    match kind {
+        Kind::Ramkv => {
+            let op = match op {
+                Operation::Get { key } => Op::Get(proto::Get { key: Bytes::copy_from_slice(key) }),
+                Operation::Set { key, value } => Op::Put(proto::Put {
+                    key: Bytes::copy_from_slice(key),
+                    value: value.clone(),
+                    expected_version: None,
+                }),
+                Operation::Spin { nanos } => Op::Spin(proto::Spin { nanos: *nanos }),
+            };
+            let req = Request { id, op: Some(op) };
+            out.put_u32(req.encoded_len() as u32);
+            // Cannot fail: BytesMut grows as needed.
+            let _ = req.encode(out);
+        }
+        Kind::Memcache => match op {
+            Operation::Get { key } => {
+                out.put_slice(b"get ");
+                out.put_slice(key);
+                out.put_slice(b"\r\n");
+            }
+            Operation::Set { key, value } => {
+                out.put_slice(b"set ");
+                out.put_slice(key);
+                out.put_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
+                out.put_slice(value);
+                out.put_slice(b"\r\n");
+            }
+            Operation::Spin { .. } => unreachable!("rejected when the workload is built"),
+        },
+        Kind::Redis => {
+            let args: &[&[u8]] = match op {
+                Operation::Get { key } => &[b"GET", key],
+                Operation::Set { key, value } => &[b"SET", key, value],
+                Operation::Spin { .. } => unreachable!("rejected when the workload is built"),
+            };
+            out.put_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                out.put_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.put_slice(a);
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+/// One parsed reply.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request id (ramkv only; other protocols reply in order).
+    pub id: u64,
+    /// False for an error reply (a miss is not an error).
+    pub ok: bool,
+}
+
+/// Why a reply stream could not be parsed: the connection is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed reply: {0}")]
+pub struct ParseError(pub String);
+
+fn line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Takes one complete reply off the front of `buf`, if there is one.
+pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError> {
+    match kind {
+        Kind::Ramkv => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() < 4 + len {
+                buf.reserve(4 + len - buf.len());
+                return Ok(None);
+            }
+            buf.advance(4);
+            let body = buf.split_to(len).freeze();
+            let resp = Response::decode(body).map_err(|e| ParseError(e.to_string()))?;
+            let ok = resp.status == Status::Ok as i32 || resp.status == Status::NotFound as i32;
+            Ok(Some(Reply { id: resp.id, ok }))
+        }
+        Kind::Memcache => {
+            let Some(end) = line(buf) else { return Ok(None) };
+            let head = &buf[..end];
+            if head.starts_with(b"VALUE ") {
+                let bytes: usize = std::str::from_utf8(head)
+                    .ok()
+                    .and_then(|h| h.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| ParseError(String::from_utf8_lossy(head).into_owned()))?;
+                // VALUE line, data, CRLF, END CRLF.
+                let total = end + 2 + bytes + 2 + 5;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                buf.advance(total);
+                return Ok(Some(Reply { id: 0, ok: true }));
+            }
+            let ok = head == b"END" || head == b"STORED";
+            if !ok && !(head.starts_with(b"SERVER_ERROR") || head.starts_with(b"CLIENT_ERROR") || head == b"ERROR") {
+                return Err(ParseError(String::from_utf8_lossy(head).into_owned()));
+            }
+            buf.advance(end + 2);
+            Ok(Some(Reply { id: 0, ok }))
+        }
+        Kind::Redis => {
+            let Some(end) = line(buf) else { return Ok(None) };
+            match buf.first() {
+                Some(b'+') | Some(b':') => {
+                    buf.advance(end + 2);
+                    Ok(Some(Reply { id: 0, ok: true }))
+                }
+                Some(b'-') => {
+                    buf.advance(end + 2);
+                    Ok(Some(Reply { id: 0, ok: false }))
+                }
+                Some(b'$') => {
+                    let n: i64 = std::str::from_utf8(&buf[1..end])
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| ParseError("bad bulk length".into()))?;
+                    let total = if n < 0 { end + 2 } else { end + 2 + n as usize + 2 };
+                    if buf.len() < total {
+                        return Ok(None);
+                    }
+                    buf.advance(total);
+                    Ok(Some(Reply { id: 0, ok: true }))
+                }
+                _ => Err(ParseError(String::from_utf8_lossy(&buf[..end]).into_owned())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse("memcache://127.0.0.1:11211").unwrap().kind, Kind::Memcache);
+        assert_eq!(Target::parse("127.0.0.1:7878").unwrap().kind, Kind::Ramkv);
+        assert!(Target::parse("http://x:1").is_err());
+    }
+
+    #[test]
+    fn text_protocol_replies_parse_in_pieces() {
+        let mut b = BytesMut::from(&b"VALUE k 0 5\r\nhel"[..]);
+        assert!(parse(Kind::Memcache, &mut b).unwrap().is_none());
+        b.extend_from_slice(b"lo\r\nEND\r\nEND\r\nSTORED\r\n");
+        for _ in 0..3 {
+            assert!(parse(Kind::Memcache, &mut b).unwrap().unwrap().ok);
+        }
+        assert!(b.is_empty());
+        let mut r = BytesMut::from(&b"$3\r\nabc\r\n$-1\r\n+OK\r\n-ERR x\r\n"[..]);
+        let oks: Vec<bool> = (0..4).map(|_| parse(Kind::Redis, &mut r).unwrap().unwrap().ok).collect();
+        assert_eq!(oks, [true, true, true, false]);
+    }
+}
