@@ -87,7 +87,10 @@ fn unreachable_server_is_a_clear_error() {
 
 #[test]
 fn every_binary_answers_help() {
-    for bin in [env!("CARGO_BIN_EXE_ramkv"), env!("CARGO_BIN_EXE_ramkv")] {
+    for bin in [
+        env!("CARGO_BIN_EXE_ramkv"),
+        env!("CARGO_BIN_EXE_ramkv-bench"),
+    ] {
         let out = Command::new(bin).arg("--help").output().unwrap();
         assert!(
             out.status.success() && text(&out.stdout).contains("Usage"),

@@ -5,16 +5,16 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// YCSB's Zipfian generator (Gray et al., "Quickly generating billion-record
-/// synthetic databases"): rank 0 is the most popular.
+/// Zipf-distributed ranks: rank 0 is the most popular, with probability
+/// proportional to 1/(rank+1)^θ. Sampled exactly (rand_distr's
+/// rejection-inversion), where YCSB's own generator approximates: its error
+/// at rank 2 is about 18% for θ = 0.99.
 #[derive(Clone, Debug)]
 pub struct Zipfian {
     n: u64,
     theta: f64,
-    alpha: f64,
     zetan: f64,
-    eta: f64,
-    half_pow_theta: f64,
+    sampler: rand_distr::Zipf<f64>,
 }
 
 /// ζ(n, θ) = Σ_{i=1..n} 1/i^θ.
@@ -23,18 +23,16 @@ pub fn zeta(n: u64, theta: f64) -> f64 {
 }
 
 impl Zipfian {
-    /// Ranks 0..n with skew `theta` (0 < θ < 1; YCSB uses 0.99).
+    /// Ranks 0..n with skew `theta` (> 0; YCSB uses 0.99).
     pub fn new(n: u64, theta: f64) -> Zipfian {
-        let n = n.max(2);
-        let zetan = zeta(n, theta);
-        let zeta2 = zeta(2, theta);
+        let n = n.max(1);
         Zipfian {
             n,
             theta,
-            alpha: 1.0 / (1.0 - theta),
-            zetan,
-            eta: (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan),
-            half_pow_theta: 0.5f64.powf(theta),
+            zetan: zeta(n, theta),
+            // Cannot fail: n ≥ 1 and θ > 0 are checked by the callers' parsers.
+            sampler: rand_distr::Zipf::new(n as f64, theta)
+                .unwrap_or_else(|_| unreachable!("n >= 1, theta > 0")),
         }
     }
 
@@ -45,15 +43,9 @@ impl Zipfian {
 
     /// Draws a rank.
     pub fn sample(&self, rng: &mut impl Rng) -> u64 {
-        let u: f64 = rng.random();
-        let uz = u * self.zetan;
-        if uz < 1.0 {
-            return 0;
-        }
-        if uz < 1.0 + self.half_pow_theta {
-            return 1;
-        }
-        ((self.n as f64 * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64).min(self.n - 1)
+        (rand_distr::Distribution::sample(&self.sampler, rng) as u64)
+            .saturating_sub(1)
+            .min(self.n - 1)
     }
 }
 
@@ -83,8 +75,8 @@ impl KeyDist {
             None if s == "uniform" => Ok(KeyDist::Uniform),
             Some(("zipf", t)) => {
                 let theta: f64 = t.parse().map_err(|_| format!("bad Zipf θ in '{s}'"))?;
-                if !(theta > 0.0 && theta < 1.0) {
-                    return Err(format!("Zipf θ must be in (0, 1), got {theta}"));
+                if !(theta > 0.0 && theta.is_finite()) {
+                    return Err(format!("Zipf θ must be positive, got {theta}"));
                 }
                 Ok(KeyDist::Zipf(Zipfian::new(keys, theta)))
             }
@@ -113,9 +105,17 @@ pub enum SizeDist {
     Fixed(usize),
     Uniform(usize, usize),
     /// Generalized Pareto (location 0), capped at `max`: Facebook ETC's values.
-    GPareto { sigma: f64, xi: f64, max: usize },
+    GPareto {
+        sigma: f64,
+        xi: f64,
+        max: usize,
+    },
     /// `a` bytes with probability `p`, else `b`.
-    Mix { p: f64, a: usize, b: usize },
+    Mix {
+        p: f64,
+        a: usize,
+        b: usize,
+    },
 }
 
 impl SizeDist {
@@ -123,14 +123,29 @@ impl SizeDist {
     pub fn parse(s: &str) -> Result<SizeDist, String> {
         let parts: Vec<&str> = s.split(':').collect();
         let num = |i: usize| -> Result<f64, String> {
-            parts.get(i).and_then(|p| p.parse().ok()).ok_or_else(|| format!("bad size distribution '{s}'"))
+            parts
+                .get(i)
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("bad size distribution '{s}'"))
         };
         Ok(match parts[0] {
             "uniform" => SizeDist::Uniform(num(1)? as usize, num(2)? as usize),
-            "gpareto" => SizeDist::GPareto { sigma: num(1)?, xi: num(2)?, max: num(3)? as usize },
-            "mix" => SizeDist::Mix { p: num(1)?, a: num(2)? as usize, b: num(3)? as usize },
+            "gpareto" => SizeDist::GPareto {
+                sigma: num(1)?,
+                xi: num(2)?,
+                max: num(3)? as usize,
+            },
+            "mix" => SizeDist::Mix {
+                p: num(1)?,
+                a: num(2)? as usize,
+                b: num(3)? as usize,
+            },
             _ if parts.len() == 1 => SizeDist::Fixed(num(0)? as usize),
-            _ => return Err(format!("'{s}': use N, uniform:A:B, gpareto:SIGMA:XI:MAX or mix:P:A:B")),
+            _ => {
+                return Err(format!(
+                    "'{s}': use N, uniform:A:B, gpareto:SIGMA:XI:MAX or mix:P:A:B"
+                ));
+            }
         })
     }
 
@@ -155,7 +170,11 @@ impl SizeDist {
                 (x as usize).clamp(1, max)
             }
             SizeDist::Mix { p, a, b } => {
-                if rng.random_bool(p.clamp(0.0, 1.0)) { a } else { b }
+                if rng.random_bool(p.clamp(0.0, 1.0)) {
+                    a
+                } else {
+                    b
+                }
             }
         }
     }
@@ -167,20 +186,36 @@ pub enum ServiceDist {
     Fixed(Duration),
     Exp(Duration),
     /// `a` with probability `p`, else `b`.
-    Bimodal { p: f64, a: Duration, b: Duration },
+    Bimodal {
+        p: f64,
+        a: Duration,
+        b: Duration,
+    },
 }
 
 impl ServiceDist {
     /// Parses `fixed:D`, `exp:MEAN` or `bimodal:P:A:B` (durations like 500ns, 10us).
     pub fn parse(s: &str) -> Result<ServiceDist, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let d = |i: usize| parts.get(i).ok_or_else(|| format!("'{s}' is missing a duration")).and_then(|p| parse_duration(p));
+        let d = |i: usize| {
+            parts
+                .get(i)
+                .ok_or_else(|| format!("'{s}' is missing a duration"))
+                .and_then(|p| parse_duration(p))
+        };
         Ok(match parts[0] {
             "fixed" => ServiceDist::Fixed(d(1)?),
             "exp" => ServiceDist::Exp(d(1)?),
             "bimodal" => {
-                let p: f64 = parts.get(1).and_then(|p| p.parse().ok()).ok_or_else(|| format!("bad probability in '{s}'"))?;
-                ServiceDist::Bimodal { p, a: d(2)?, b: d(3)? }
+                let p: f64 = parts
+                    .get(1)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("bad probability in '{s}'"))?;
+                ServiceDist::Bimodal {
+                    p,
+                    a: d(2)?,
+                    b: d(3)?,
+                }
             }
             _ => return Err(format!("'{s}': use fixed:D, exp:MEAN or bimodal:P:A:B")),
         })
@@ -203,7 +238,11 @@ impl ServiceDist {
                 (-(1.0 - u).ln() * mean.as_nanos() as f64) as u64
             }
             ServiceDist::Bimodal { p, a, b } => {
-                if rng.random_bool(p.clamp(0.0, 1.0)) { a.as_nanos() as u64 } else { b.as_nanos() as u64 }
+                if rng.random_bool(p.clamp(0.0, 1.0)) {
+                    a.as_nanos() as u64
+                } else {
+                    b.as_nanos() as u64
+                }
             }
         }
     }
@@ -212,9 +251,13 @@ impl ServiceDist {
 /// Parses a duration: a number followed by ns, us, ms, s or m.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration such as 500us or 5s"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500us or 5s"))?;
     let secs = match unit {
         "ns" => n / 1e9,
         "us" | "µs" => n / 1e6,
@@ -246,10 +289,11 @@ mod tests {
         for (rank, &c) in counts.iter().enumerate() {
             let got = c as f64 / N as f64;
             let want = z.probability(rank as u64);
-            // Ranks 0 and 1 are exact in Gray's method; later ones are its
-            // approximation, which YCSB accepts too.
-            let tol = if rank < 2 { 0.02 } else { 0.15 };
-            assert!((got - want).abs() / want < tol, "rank {rank}: {got:.5} vs {want:.5}");
+            // Rank 9 expects ~27,000 hits: 3% is over 4 standard deviations.
+            assert!(
+                (got - want).abs() / want < 0.03,
+                "rank {rank}: {got:.5} vs {want:.5}"
+            );
         }
     }
 
@@ -272,24 +316,39 @@ mod tests {
     fn poisson_gaps_have_the_right_mean_and_variance() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let rate = 50_000.0;
-        let gaps: Vec<f64> = (0..400_000).map(|_| poisson_gap_ns(rate, &mut rng)).collect();
+        let gaps: Vec<f64> = (0..400_000)
+            .map(|_| poisson_gap_ns(rate, &mut rng))
+            .collect();
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
         let want_mean = 1e9 / rate;
-        assert!((mean / want_mean - 1.0).abs() < 0.01, "mean {mean} vs {want_mean}");
+        assert!(
+            (mean / want_mean - 1.0).abs() < 0.01,
+            "mean {mean} vs {want_mean}"
+        );
         // Exponential: variance = mean².
-        assert!((var / (want_mean * want_mean) - 1.0).abs() < 0.03, "variance {var}");
+        assert!(
+            (var / (want_mean * want_mean) - 1.0).abs() < 0.03,
+            "variance {var}"
+        );
     }
 
     #[test]
     fn specs_parse() {
         assert_eq!(SizeDist::parse("100"), Ok(SizeDist::Fixed(100)));
-        assert_eq!(SizeDist::parse("mix:0.95:100:65536"), Ok(SizeDist::Mix { p: 0.95, a: 100, b: 65536 }));
+        assert_eq!(
+            SizeDist::parse("mix:0.95:100:65536"),
+            Ok(SizeDist::Mix {
+                p: 0.95,
+                a: 100,
+                b: 65536
+            })
+        );
         assert!(SizeDist::parse("lots").is_err());
         let s = ServiceDist::parse("bimodal:0.995:500ns:500us").unwrap();
         let mean_ns = s.mean().as_nanos() as i64;
         assert!((mean_ns - 2_997).abs() <= 1, "{mean_ns}");
         assert!(ServiceDist::parse("exp:10").is_err());
-        assert!(KeyDist::parse("zipf:1.5", 10).is_err());
+        assert!(KeyDist::parse("zipf:-1", 10).is_err());
     }
 }

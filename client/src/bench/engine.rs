@@ -170,7 +170,14 @@ impl ThreadState {
         let mut out = conn.out.borrow_mut();
         let id = sched + 1;
         if let Some(service) = &wl.service {
-            protocol::encode(self.kind, id, &Operation::Spin { nanos: service.sample_ns(&mut *rng) }, &mut out);
+            protocol::encode(
+                self.kind,
+                id,
+                &Operation::Spin {
+                    nanos: service.sample_ns(&mut *rng),
+                },
+                &mut out,
+            );
         } else {
             let idx = wl.key_dist.sample(wl.keys, &mut *rng);
             let mut key = self.key_buf.borrow_mut();
@@ -179,7 +186,10 @@ impl ThreadState {
                 Operation::Get { key: &key }
             } else {
                 let n = wl.value_size.sample(&mut *rng);
-                Operation::Set { key: &key, value: self.values.slice(..n.min(self.values.len())) }
+                Operation::Set {
+                    key: &key,
+                    value: self.values.slice(..n.min(self.values.len())),
+                }
             };
             protocol::encode(self.kind, id, &op, &mut out);
         }
@@ -209,16 +219,28 @@ pub fn format_key(idx: u64, size: usize, out: &mut Vec<u8>) {
 /// Connection weights for `(K, F)` hot connections, summing to 1.
 fn conn_weights(n: usize, hot: Option<(usize, f64)>) -> Vec<f64> {
     match hot {
-        Some((k, f)) if k > 0 && k < n => (0..n).map(|c| if c < k { f / k as f64 } else { (1.0 - f) / (n - k) as f64 }).collect(),
+        Some((k, f)) if k > 0 && k < n => (0..n)
+            .map(|c| {
+                if c < k {
+                    f / k as f64
+                } else {
+                    (1.0 - f) / (n - k) as f64
+                }
+            })
+            .collect(),
         _ => vec![1.0 / n as f64; n],
     }
 }
 
 /// CPU seconds (user + system) this process has used, from /proc.
 fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
@@ -228,7 +250,9 @@ fn process_cpu_seconds() -> f64 {
 /// Validates a workload against its target.
 pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
     if wl.service.is_some() && cfg.target.kind != Kind::Ramkv {
-        return Err("--service needs ramkv's SPIN op; memcache and redis targets cannot run it".into());
+        return Err(
+            "--service needs ramkv's SPIN op; memcache and redis targets cannot run it".into(),
+        );
     }
     if cfg.connections == 0 || cfg.threads == 0 {
         return Err("--connections and --threads must be at least 1".into());
@@ -236,10 +260,13 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
     if let Some((k, f)) = wl.hot_conns
         && (k == 0 || k >= cfg.connections || !(0.0..=1.0).contains(&f))
     {
-        return Err(format!("--hot-conns {k}:{f}: need 0 < K < connections ({}) and 0 ≤ F ≤ 1", cfg.connections));
+        return Err(format!(
+            "--hot-conns {k}:{f}: need 0 < K < connections ({}) and 0 ≤ F ≤ 1",
+            cfg.connections
+        ));
     }
     if let Mode::Open { rate } = cfg.mode
-        && !(rate > 0.0)
+        && (rate.is_nan() || rate <= 0.0)
     {
         return Err("--rate must be positive".into());
     }
@@ -255,14 +282,22 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     let ready = Arc::new(Barrier::new(threads + 1));
     let start: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let go = Arc::new(Barrier::new(threads + 1));
-    let intervals: Vec<Arc<Mutex<Interval>>> =
-        (0..threads).map(|_| Arc::new(Mutex::new(Interval { hist: new_hist(), completed: 0, errors: 0 }))).collect();
+    let intervals: Vec<Arc<Mutex<Interval>>> = (0..threads)
+        .map(|_| {
+            Arc::new(Mutex::new(Interval {
+                hist: new_hist(),
+                completed: 0,
+                errors: 0,
+            }))
+        })
+        .collect();
     let mut handles = Vec::new();
-    for t in 0..threads {
+    for (t, interval) in intervals.iter().enumerate() {
         let conns: Vec<usize> = (0..cfg.connections).filter(|c| c % threads == t).collect();
         let w: Vec<f64> = conns.iter().map(|&c| weights[c]).collect();
         let (cfg, wl, values) = (cfg.clone(), wl.clone(), values.clone());
-        let (ready, go, start, interval) = (ready.clone(), go.clone(), start.clone(), intervals[t].clone());
+        let (ready, go, start, interval) =
+            (ready.clone(), go.clone(), start.clone(), interval.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("bench-gen-{t}"))
@@ -282,7 +317,9 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     let mut lateness = new_hist();
     let (mut completed, mut errors, mut timeouts) = (0, 0, 0);
     for h in handles {
-        let r = h.join().map_err(|_| "a generator thread panicked".to_string())??;
+        let r = h
+            .join()
+            .map_err(|_| "a generator thread panicked".to_string())??;
         latency.add(&r.latency).map_err(|e| e.to_string())?;
         lateness.add(&r.lateness).map_err(|e| e.to_string())?;
         completed += r.completed;
@@ -313,7 +350,9 @@ fn progress_loop(base: Instant, cfg: &RunConfig, intervals: &[Arc<Mutex<Interval
     let total = cfg.warmup + cfg.duration;
     let mut tick = 1;
     while base.elapsed() < total {
-        std::thread::sleep((base + Duration::from_secs(tick)).saturating_duration_since(Instant::now()));
+        std::thread::sleep(
+            (base + Duration::from_secs(tick)).saturating_duration_since(Instant::now()),
+        );
         let mut h = new_hist();
         let (mut done, mut errs) = (0, 0);
         for iv in intervals {
@@ -323,7 +362,11 @@ fn progress_loop(base: Instant, cfg: &RunConfig, intervals: &[Arc<Mutex<Interval
             done += std::mem::take(&mut iv.completed);
             errs += std::mem::take(&mut iv.errors);
         }
-        let phase = if Duration::from_secs(tick) <= cfg.warmup { " (warmup)" } else { "" };
+        let phase = if Duration::from_secs(tick) <= cfg.warmup {
+            " (warmup)"
+        } else {
+            ""
+        };
         eprintln!(
             "[{tick:>3}s] {done:>9} req/s  p50 {:>8.1} us  p99 {:>8.1} us  errors {errs}{phase}",
             h.value_at_quantile(0.5) as f64 / 1e3,
@@ -393,7 +436,9 @@ fn generator_thread(
             errors: Cell::new(0),
             interval,
             wl,
-            rng: RefCell::new(SmallRng::seed_from_u64(cfg.seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+            rng: RefCell::new(SmallRng::seed_from_u64(
+                cfg.seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            )),
             key_buf: RefCell::new(Vec::with_capacity(64)),
             values,
             closed_loop: matches!(cfg.mode, Mode::Closed { .. }),
@@ -414,7 +459,11 @@ fn generator_thread(
         for (stream, conn) in streams.into_iter().zip(&conns) {
             let (rd, wr) = stream.into_split();
             tasks.push(tokio::task::spawn_local(writer(conn.clone(), wr)));
-            tasks.push(tokio::task::spawn_local(reader(conn.clone(), rd, st.clone())));
+            tasks.push(tokio::task::spawn_local(reader(
+                conn.clone(),
+                rd,
+                st.clone(),
+            )));
         }
         match cfg.mode {
             Mode::Open { rate } => {
@@ -433,7 +482,11 @@ fn generator_thread(
         }
         // Drain: wait for replies to what was sent, up to the limit.
         let drain_until = Instant::now() + cfg.drain;
-        while conns.iter().any(|c| c.alive.get() && c.outstanding.get() > 0) && Instant::now() < drain_until {
+        while conns
+            .iter()
+            .any(|c| c.alive.get() && c.outstanding.get() > 0)
+            && Instant::now() < drain_until
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let timeouts = conns.iter().map(|c| c.outstanding.get()).sum();
@@ -526,7 +579,8 @@ async fn reader(conn: Rc<Conn>, mut rd: tokio::net::tcp::OwnedReadHalf, st: Rc<T
             } else {
                 conn.fifo.borrow_mut().pop_front().unwrap_or(now)
             };
-            conn.outstanding.set(conn.outstanding.get().saturating_sub(1));
+            conn.outstanding
+                .set(conn.outstanding.get().saturating_sub(1));
             st.record(sched, now, reply.ok);
             if st.closed_loop && now < st.end {
                 st.send(&conn, st.now());
@@ -544,7 +598,9 @@ pub async fn preload(target: &Target, wl: &Workload, connections: usize) -> Resu
     for c in 0..connections {
         let (target, wl) = (target.clone(), wl.clone());
         tasks.spawn(async move {
-            let mut s = TcpStream::connect(&target.addr).await.map_err(|e| format!("preload: cannot connect to {}: {e}", target.addr))?;
+            let mut s = TcpStream::connect(&target.addr)
+                .await
+                .map_err(|e| format!("preload: cannot connect to {}: {e}", target.addr))?;
             let values = Bytes::from(vec![b'x'; wl.value_size.max().max(1)]);
             let mut rng = SmallRng::seed_from_u64(c);
             let mut key = Vec::new();
@@ -554,17 +610,38 @@ pub async fn preload(target: &Target, wl: &Workload, connections: usize) -> Resu
                 for &k in chunk {
                     format_key(k, wl.key_size, &mut key);
                     let n = wl.value_size.sample(&mut rng).min(values.len());
-                    protocol::encode(target.kind, k + 1, &Operation::Set { key: &key, value: values.slice(..n) }, &mut out);
+                    protocol::encode(
+                        target.kind,
+                        k + 1,
+                        &Operation::Set {
+                            key: &key,
+                            value: values.slice(..n),
+                        },
+                        &mut out,
+                    );
                 }
-                s.write_all(&out).await.map_err(|e| format!("preload: {e}"))?;
+                s.write_all(&out)
+                    .await
+                    .map_err(|e| format!("preload: {e}"))?;
                 out.clear();
                 let mut got = 0;
                 while got < chunk.len() {
-                    match protocol::parse(target.kind, &mut inb).map_err(|e| format!("preload: {e}"))? {
+                    match protocol::parse(target.kind, &mut inb)
+                        .map_err(|e| format!("preload: {e}"))?
+                    {
                         Some(r) if r.ok => got += 1,
-                        Some(_) => return Err("preload: the server refused a SET (is the store large enough?)".to_string()),
+                        Some(_) => {
+                            return Err(
+                                "preload: the server refused a SET (is the store large enough?)"
+                                    .to_string(),
+                            );
+                        }
                         None => {
-                            if s.read_buf(&mut inb).await.map_err(|e| format!("preload: {e}"))? == 0 {
+                            if s.read_buf(&mut inb)
+                                .await
+                                .map_err(|e| format!("preload: {e}"))?
+                                == 0
+                            {
                                 return Err("preload: server closed the connection".into());
                             }
                         }

@@ -31,13 +31,20 @@ impl Target {
             Some(("ramkv", a)) => (Kind::Ramkv, a),
             Some(("memcache", a)) | Some(("memcached", a)) => (Kind::Memcache, a),
             Some(("redis", a)) => (Kind::Redis, a),
-            Some((scheme, _)) => return Err(format!("unknown target scheme '{scheme}': use ramkv://, memcache:// or redis://")),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "unknown target scheme '{scheme}': use ramkv://, memcache:// or redis://"
+                ));
+            }
             None => (Kind::Ramkv, s),
         };
         if addr.is_empty() {
             return Err(format!("'{s}' has no host:port"));
         }
-        Ok(Target { kind, addr: addr.trim_end_matches('/').to_string() })
+        Ok(Target {
+            kind,
+            addr: addr.trim_end_matches('/').to_string(),
+        })
     }
 
     /// Whether replies may arrive out of order (and so carry ids).
@@ -48,10 +55,17 @@ impl Target {
 
 /// One operation of a workload.
 pub enum Operation<'a> {
-    Get { key: &'a [u8] },
-    Set { key: &'a [u8], value: Bytes },
+    Get {
+        key: &'a [u8],
+    },
+    Set {
+        key: &'a [u8],
+        value: Bytes,
+    },
     /// ramkv's benchmark-only SPIN.
-    Spin { nanos: u64 },
+    Spin {
+        nanos: u64,
+    },
 }
 
 /// Appends one request to `out`. `id` is used only by ramkv.
@@ -59,7 +73,9 @@ pub fn encode(kind: Kind, id: u64, op: &Operation, out: &mut BytesMut) {
     match kind {
         Kind::Ramkv => {
             let op = match op {
-                Operation::Get { key } => Op::Get(proto::Get { key: Bytes::copy_from_slice(key) }),
+                Operation::Get { key } => Op::Get(proto::Get {
+                    key: Bytes::copy_from_slice(key),
+                }),
                 Operation::Set { key, value } => Op::Put(proto::Put {
                     key: Bytes::copy_from_slice(key),
                     value: value.clone(),
@@ -140,7 +156,9 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
             Ok(Some(Reply { id: resp.id, ok }))
         }
         Kind::Memcache => {
-            let Some(end) = line(buf) else { return Ok(None) };
+            let Some(end) = line(buf) else {
+                return Ok(None);
+            };
             let head = &buf[..end];
             if head.starts_with(b"VALUE ") {
                 let bytes: usize = std::str::from_utf8(head)
@@ -157,14 +175,20 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
                 return Ok(Some(Reply { id: 0, ok: true }));
             }
             let ok = head == b"END" || head == b"STORED";
-            if !ok && !(head.starts_with(b"SERVER_ERROR") || head.starts_with(b"CLIENT_ERROR") || head == b"ERROR") {
+            if !(ok
+                || head.starts_with(b"SERVER_ERROR")
+                || head.starts_with(b"CLIENT_ERROR")
+                || head == b"ERROR")
+            {
                 return Err(ParseError(String::from_utf8_lossy(head).into_owned()));
             }
             buf.advance(end + 2);
             Ok(Some(Reply { id: 0, ok }))
         }
         Kind::Redis => {
-            let Some(end) = line(buf) else { return Ok(None) };
+            let Some(end) = line(buf) else {
+                return Ok(None);
+            };
             match buf.first() {
                 Some(b'+') | Some(b':') => {
                     buf.advance(end + 2);
@@ -179,14 +203,20 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
                         .ok()
                         .and_then(|n| n.parse().ok())
                         .ok_or_else(|| ParseError("bad bulk length".into()))?;
-                    let total = if n < 0 { end + 2 } else { end + 2 + n as usize + 2 };
+                    let total = if n < 0 {
+                        end + 2
+                    } else {
+                        end + 2 + n as usize + 2
+                    };
                     if buf.len() < total {
                         return Ok(None);
                     }
                     buf.advance(total);
                     Ok(Some(Reply { id: 0, ok: true }))
                 }
-                _ => Err(ParseError(String::from_utf8_lossy(&buf[..end]).into_owned())),
+                _ => Err(ParseError(
+                    String::from_utf8_lossy(&buf[..end]).into_owned(),
+                )),
             }
         }
     }
@@ -198,7 +228,10 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        assert_eq!(Target::parse("memcache://127.0.0.1:11211").unwrap().kind, Kind::Memcache);
+        assert_eq!(
+            Target::parse("memcache://127.0.0.1:11211").unwrap().kind,
+            Kind::Memcache
+        );
         assert_eq!(Target::parse("127.0.0.1:7878").unwrap().kind, Kind::Ramkv);
         assert!(Target::parse("http://x:1").is_err());
     }
@@ -213,7 +246,9 @@ mod tests {
         }
         assert!(b.is_empty());
         let mut r = BytesMut::from(&b"$3\r\nabc\r\n$-1\r\n+OK\r\n-ERR x\r\n"[..]);
-        let oks: Vec<bool> = (0..4).map(|_| parse(Kind::Redis, &mut r).unwrap().unwrap().ok).collect();
+        let oks: Vec<bool> = (0..4)
+            .map(|_| parse(Kind::Redis, &mut r).unwrap().unwrap().ok)
+            .collect();
         assert_eq!(oks, [true, true, true, false]);
     }
 }

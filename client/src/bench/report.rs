@@ -65,8 +65,7 @@ impl Summary {
         )
     }
 
-    pub const CSV_HEADER: &'static str =
-        "offered_rate,achieved_rate,errors,timeouts,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,generator_late,generator_cpu";
+    pub const CSV_HEADER: &'static str = "offered_rate,achieved_rate,errors,timeouts,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,generator_late,generator_cpu";
 
     /// One CSV row matching [`Summary::CSV_HEADER`].
     pub fn csv_row(&self) -> String {
@@ -111,7 +110,16 @@ impl Summary {
     /// The human-readable table printed at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<16} {:>12}", "offered rate", if self.offered_rate > 0.0 { format!("{:.0}/s", self.offered_rate) } else { "closed loop".into() });
+        let _ = writeln!(
+            s,
+            "{:<16} {:>12}",
+            "offered rate",
+            if self.offered_rate > 0.0 {
+                format!("{:.0}/s", self.offered_rate)
+            } else {
+                "closed loop".into()
+            }
+        );
         let _ = writeln!(s, "{:<16} {:>12.0}/s", "achieved rate", self.achieved_rate);
         let _ = writeln!(s, "{:<16} {:>12}", "errors", self.errors);
         let _ = writeln!(s, "{:<16} {:>12}", "timeouts", self.timeouts);
@@ -125,8 +133,23 @@ impl Summary {
         ] {
             let _ = writeln!(s, "{name:<16} {v:>12.1} us");
         }
-        let _ = writeln!(s, "{:<16} {:>12.1} us p99 send lateness{}", "generator", self.late_p99_us, if self.generator_late { "  ** GENERATOR FELL BEHIND: numbers include its own delay **" } else { "" });
-        let _ = write!(s, "{:<16} {:>12.0} % of one core", "generator cpu", self.generator_cpu * 100.0);
+        let _ = writeln!(
+            s,
+            "{:<16} {:>12.1} us p99 send lateness{}",
+            "generator",
+            self.late_p99_us,
+            if self.generator_late {
+                "  ** GENERATOR FELL BEHIND: numbers include its own delay **"
+            } else {
+                ""
+            }
+        );
+        let _ = write!(
+            s,
+            "{:<16} {:>12.0} % of one core",
+            "generator cpu",
+            self.generator_cpu * 100.0
+        );
         s
     }
 }
@@ -137,7 +160,9 @@ pub struct Series {
     pub points: Vec<Summary>,
 }
 
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// Draws p99 (solid) and p99.9 (dashed) latency against achieved throughput
 /// for each series, with a logarithmic latency axis.
@@ -146,29 +171,71 @@ pub fn svg_plot(title: &str, series: &[Series]) -> String {
     let pts = series.iter().flat_map(|s| s.points.iter());
     let xmax = pts.clone().map(|p| p.achieved_rate).fold(1.0, f64::max) * 1.05;
     let ys = pts.flat_map(|p| [p.p99_us, p.p999_us]).filter(|v| *v > 0.0);
-    let ymin = ys.clone().fold(f64::MAX, f64::min).min(1e9).max(0.1);
+    let ymin = ys.clone().fold(1e9, f64::min).clamp(0.1, 1e9);
     let ymax = ys.fold(1.0, f64::max);
-    let (lmin, lmax) = (ymin.log10().floor(), ymax.log10().ceil().max(ymin.log10().floor() + 1.0));
+    let (lmin, lmax) = (
+        ymin.log10().floor(),
+        ymax.log10().ceil().max(ymin.log10().floor() + 1.0),
+    );
     let x = |v: f64| left + v / xmax * (w - left - right);
     let y = |v: f64| top + (lmax - v.max(ymin).log10()) / (lmax - lmin) * (h - top - bottom);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#, (w - right + left) / 2.0, escape(title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        (w - right + left) / 2.0,
+        escape(title)
+    );
     // Axes, grid and ticks.
-    let _ = writeln!(s, r#"<g stroke="black"><line x1="{left}" y1="{}" x2="{}" y2="{}"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}"/></g>"#, h - bottom, w - right, h - bottom, h - bottom);
+    let _ = writeln!(
+        s,
+        r#"<g stroke="black"><line x1="{left}" y1="{}" x2="{}" y2="{}"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}"/></g>"#,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
     let mut e = lmin;
     while e <= lmax {
         let v = 10f64.powf(e);
-        let _ = writeln!(s, r##"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, w - right, y(v), y(v), left - 6.0, y(v) + 4.0, fmt_num(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            w - right,
+            y(v),
+            y(v),
+            left - 6.0,
+            y(v) + 4.0,
+            fmt_num(v)
+        );
         e += 1.0;
     }
     for i in 0..=5 {
         let v = xmax * i as f64 / 5.0;
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, x(v), h - bottom + 18.0, fmt_num(v));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x(v),
+            h - bottom + 18.0,
+            fmt_num(v)
+        );
     }
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">achieved throughput (requests/s)</text>"#, (w - right + left) / 2.0, h - 14.0);
-    let _ = writeln!(s, r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">latency (µs, log scale)</text>"#, (h - bottom + top) / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">achieved throughput (requests/s)</text>"#,
+        (w - right + left) / 2.0,
+        h - 14.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">latency (µs, log scale)</text>"#,
+        (h - bottom + top) / 2.0
+    );
     for (i, ser) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut sorted = ser.points.clone();
@@ -176,15 +243,37 @@ pub fn svg_plot(title: &str, series: &[Series]) -> String {
         for (field, dash) in [(0, ""), (1, r#" stroke-dasharray="6 4""#)] {
             let path: Vec<String> = sorted
                 .iter()
-                .map(|p| format!("{:.1},{:.1}", x(p.achieved_rate), y(if field == 0 { p.p99_us } else { p.p999_us })))
+                .map(|p| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x(p.achieved_rate),
+                        y(if field == 0 { p.p99_us } else { p.p999_us })
+                    )
+                })
                 .collect();
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#, path.join(" "));
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
+                path.join(" ")
+            );
         }
         let ly = top + 20.0 + i as f64 * 20.0;
-        let _ = writeln!(s, r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#, w - right + 12.0, w - right + 36.0, w - right + 42.0, ly + 4.0, escape(&ser.label));
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            w - right + 12.0,
+            w - right + 36.0,
+            w - right + 42.0,
+            ly + 4.0,
+            escape(&ser.label)
+        );
     }
     let ly = top + 30.0 + series.len() as f64 * 20.0;
-    let _ = writeln!(s, r##"<text x="{}" y="{ly}" fill="#555">solid: p99, dashed: p99.9</text>"##, w - right + 12.0);
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{ly}" fill="#555">solid: p99, dashed: p99.9</text>"##,
+        w - right + 12.0
+    );
     s.push_str("</svg>\n");
     s
 }
@@ -202,7 +291,9 @@ fn fmt_num(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -231,10 +322,19 @@ mod tests {
     fn csv_round_trips_and_svg_draws_every_series() {
         let s = sample(1000.0, 50.0);
         assert_eq!(Summary::from_csv_row(&s.csv_row()).unwrap().p99_us, 50.0);
-        let svg = svg_plot("t <1>", &[
-            Series { label: "lb".into(), points: vec![sample(1000.0, 50.0), sample(2000.0, 80.0)] },
-            Series { label: "inline".into(), points: vec![sample(1000.0, 500.0)] },
-        ]);
+        let svg = svg_plot(
+            "t <1>",
+            &[
+                Series {
+                    label: "lb".into(),
+                    points: vec![sample(1000.0, 50.0), sample(2000.0, 80.0)],
+                },
+                Series {
+                    label: "inline".into(),
+                    points: vec![sample(1000.0, 500.0)],
+                },
+            ],
+        );
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(svg.contains("t &lt;1&gt;") && svg.ends_with("</svg>\n"));
     }

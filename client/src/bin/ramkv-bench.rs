@@ -113,16 +113,67 @@ fn preset(name: &str) -> anyhow::Result<Preset> {
     Ok(match name {
         // Facebook ETC (Atikoglu et al., SIGMETRICS 2012): 30:1 GET:SET;
         // values Generalized Pareto(σ=214.476, ξ=0.348238), capped at 8 KiB.
-        "etc" => Preset { get_ratio: Some(30.0 / 31.0), key_dist: zipf, key_size: Some(32), value_size: Some("gpareto:214.476:0.348238:8192"), ..Default::default() },
-        "ycsb-a" => Preset { get_ratio: Some(0.5), key_dist: zipf, key_size: Some(24), value_size: Some("1000"), ..Default::default() },
-        "ycsb-b" => Preset { get_ratio: Some(0.95), key_dist: zipf, key_size: Some(24), value_size: Some("1000"), ..Default::default() },
-        "ycsb-c" => Preset { get_ratio: Some(1.0), key_dist: zipf, key_size: Some(24), value_size: Some("1000"), ..Default::default() },
-        "uniform" => Preset { get_ratio: Some(0.9), key_dist: Some("uniform"), value_size: Some("100"), ..Default::default() },
-        "hot-conns" => Preset { get_ratio: Some(0.95), key_dist: zipf, value_size: Some("100"), hot_conns: Some("2:0.8"), connections: Some(16), ..Default::default() },
-        "bimodal" => Preset { service: Some("bimodal:0.995:500ns:500us"), connections: Some(16), ..Default::default() },
-        "bimodal-50" => Preset { service: Some("bimodal:0.5:1us:100us"), connections: Some(16), ..Default::default() },
-        "large" => Preset { get_ratio: Some(0.9), key_dist: zipf, value_size: Some("mix:0.95:100:65536"), ..Default::default() },
-        other => bail!("unknown preset '{other}': etc, ycsb-a, ycsb-b, ycsb-c, uniform, hot-conns, bimodal, bimodal-50, large"),
+        "etc" => Preset {
+            get_ratio: Some(30.0 / 31.0),
+            key_dist: zipf,
+            key_size: Some(32),
+            value_size: Some("gpareto:214.476:0.348238:8192"),
+            ..Default::default()
+        },
+        "ycsb-a" => Preset {
+            get_ratio: Some(0.5),
+            key_dist: zipf,
+            key_size: Some(24),
+            value_size: Some("1000"),
+            ..Default::default()
+        },
+        "ycsb-b" => Preset {
+            get_ratio: Some(0.95),
+            key_dist: zipf,
+            key_size: Some(24),
+            value_size: Some("1000"),
+            ..Default::default()
+        },
+        "ycsb-c" => Preset {
+            get_ratio: Some(1.0),
+            key_dist: zipf,
+            key_size: Some(24),
+            value_size: Some("1000"),
+            ..Default::default()
+        },
+        "uniform" => Preset {
+            get_ratio: Some(0.9),
+            key_dist: Some("uniform"),
+            value_size: Some("100"),
+            ..Default::default()
+        },
+        "hot-conns" => Preset {
+            get_ratio: Some(0.95),
+            key_dist: zipf,
+            value_size: Some("100"),
+            hot_conns: Some("2:0.8"),
+            connections: Some(16),
+            ..Default::default()
+        },
+        "bimodal" => Preset {
+            service: Some("bimodal:0.995:500ns:500us"),
+            connections: Some(16),
+            ..Default::default()
+        },
+        "bimodal-50" => Preset {
+            service: Some("bimodal:0.5:1us:100us"),
+            connections: Some(16),
+            ..Default::default()
+        },
+        "large" => Preset {
+            get_ratio: Some(0.9),
+            key_dist: zipf,
+            value_size: Some("mix:0.95:100:65536"),
+            ..Default::default()
+        },
+        other => bail!(
+            "unknown preset '{other}': etc, ycsb-a, ycsb-b, ycsb-c, uniform, hot-conns, bimodal, bimodal-50, large"
+        ),
     })
 }
 
@@ -133,12 +184,21 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
     };
     let target = Target::parse(&args.target).map_err(anyhow::Error::msg)?;
     let keys = args.keys.or(p.keys).unwrap_or(100_000);
-    let key_dist = args.key_dist.clone().or(p.key_dist.map(String::from)).unwrap_or_else(|| "uniform".into());
+    let key_dist = args
+        .key_dist
+        .clone()
+        .or(p.key_dist.map(String::from))
+        .unwrap_or_else(|| "uniform".into());
     let hot_conns = match args.hot_conns.as_deref().or(p.hot_conns) {
         None => None,
         Some(s) => {
-            let (k, f) = s.split_once(':').with_context(|| format!("--hot-conns '{s}': use K:F, e.g. 2:0.8"))?;
-            Some((k.parse().context("--hot-conns K")?, f.parse().context("--hot-conns F")?))
+            let (k, f) = s
+                .split_once(':')
+                .with_context(|| format!("--hot-conns '{s}': use K:F, e.g. 2:0.8"))?;
+            Some((
+                k.parse().context("--hot-conns K")?,
+                f.parse().context("--hot-conns F")?,
+            ))
         }
     };
     let wl = Workload {
@@ -146,13 +206,22 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
         key_dist: KeyDist::parse(&key_dist, keys).map_err(anyhow::Error::msg)?,
         key_size: args.key_size.or(p.key_size).unwrap_or(16),
         get_ratio: args.get_ratio.or(p.get_ratio).unwrap_or(0.9),
-        value_size: SizeDist::parse(args.value_size.as_deref().or(p.value_size).unwrap_or("100")).map_err(anyhow::Error::msg)?,
+        value_size: SizeDist::parse(args.value_size.as_deref().or(p.value_size).unwrap_or("100"))
+            .map_err(anyhow::Error::msg)?,
         hot_conns,
-        service: args.service.as_deref().or(p.service).map(ServiceDist::parse).transpose().map_err(anyhow::Error::msg)?,
+        service: args
+            .service
+            .as_deref()
+            .or(p.service)
+            .map(ServiceDist::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     };
     let mode = match (args.concurrency, args.rate) {
         (Some(c), _) => Mode::Closed { concurrency: c },
-        (None, r) => Mode::Open { rate: r.unwrap_or(10_000.0) },
+        (None, r) => Mode::Open {
+            rate: r.unwrap_or(10_000.0),
+        },
     };
     let cfg = RunConfig {
         target,
@@ -185,19 +254,38 @@ fn write_file(path: &str, contents: &str) -> anyhow::Result<()> {
 fn plot(args: &Args, out: &str) -> anyhow::Result<()> {
     let mut series = Vec::new();
     for s in &args.series {
-        let (label, file) = s.split_once('=').with_context(|| format!("--series '{s}': use LABEL=FILE.csv"))?;
+        let (label, file) = s
+            .split_once('=')
+            .with_context(|| format!("--series '{s}': use LABEL=FILE.csv"))?;
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
-        let points = text.lines().skip(1).filter_map(Summary::from_csv_row).collect();
-        series.push(Series { label: label.to_string(), points });
+        let points = text
+            .lines()
+            .skip(1)
+            .filter_map(Summary::from_csv_row)
+            .collect();
+        series.push(Series {
+            label: label.to_string(),
+            points,
+        });
     }
-    write_file(out, &svg_plot(args.title.as_deref().unwrap_or("p99 / p99.9 latency vs throughput"), &series))?;
+    write_file(
+        out,
+        &svg_plot(
+            args.title
+                .as_deref()
+                .unwrap_or("p99 / p99.9 latency vs throughput"),
+            &series,
+        ),
+    )?;
     eprintln!("wrote {out}");
     Ok(())
 }
 
 /// Parses `p99:200us` into (quantile field picker, bound in µs).
 fn parse_slo(s: &str) -> anyhow::Result<(String, f64)> {
-    let (q, d) = s.split_once(':').with_context(|| format!("--slo '{s}': use e.g. p99:200us"))?;
+    let (q, d) = s
+        .split_once(':')
+        .with_context(|| format!("--slo '{s}': use e.g. p99:200us"))?;
     if !["p50", "p90", "p99", "p99.9", "p999"].contains(&q) {
         bail!("--slo quantile '{q}': use p50, p90, p99 or p99.9");
     }
@@ -222,8 +310,11 @@ fn main() -> anyhow::Result<()> {
     }
     let (mut cfg, wl) = build(&args)?;
     if args.preload {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(engine::preload(&cfg.target, &wl, cfg.connections)).map_err(anyhow::Error::msg)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(engine::preload(&cfg.target, &wl, cfg.connections))
+            .map_err(anyhow::Error::msg)?;
         if !args.json {
             eprintln!("preloaded {} keys", wl.keys);
         }
@@ -239,8 +330,19 @@ fn main() -> anyhow::Result<()> {
             } else {
                 eprintln!(
                     "rate {:>9.0}: achieved {:>9.0}/s  p50 {:>8.1}  p99 {:>8.1}  p99.9 {:>8.1}  max {:>9.1} us  errors {} timeouts {}{}",
-                    rate, s.achieved_rate, s.p50_us, s.p99_us, s.p999_us, s.max_us, s.errors, s.timeouts,
-                    if s.generator_late { "  GENERATOR LATE" } else { "" }
+                    rate,
+                    s.achieved_rate,
+                    s.p50_us,
+                    s.p99_us,
+                    s.p999_us,
+                    s.max_us,
+                    s.errors,
+                    s.timeouts,
+                    if s.generator_late {
+                        "  GENERATOR LATE"
+                    } else {
+                        ""
+                    }
                 );
             }
             rows.push(s.csv_row());
@@ -249,7 +351,16 @@ fn main() -> anyhow::Result<()> {
         let (csv, svg) = (format!("{}.csv", args.out), format!("{}.svg", args.out));
         write_file(&csv, &(rows.join("\n") + "\n"))?;
         let title = args.title.clone().unwrap_or_else(|| args.target.clone());
-        write_file(&svg, &svg_plot(&title, &[Series { label: args.target.clone(), points }]))?;
+        write_file(
+            &svg,
+            &svg_plot(
+                &title,
+                &[Series {
+                    label: args.target.clone(),
+                    points,
+                }],
+            ),
+        )?;
         eprintln!("wrote {csv} and {svg}");
         return Ok(());
     }
@@ -258,7 +369,21 @@ fn main() -> anyhow::Result<()> {
         let probe = |rate: f64, cfg: &mut RunConfig| -> anyhow::Result<Summary> {
             cfg.mode = Mode::Open { rate };
             let s = measure(cfg, &wl)?;
-            eprintln!("probe {rate:>9.0}/s: {q} {:>8.1} us, achieved {:.0}/s -> {}", match q.as_str() { "p50" => s.p50_us, "p90" => s.p90_us, "p99" => s.p99_us, _ => s.p999_us }, s.achieved_rate, if meets(&s, &q, bound) { "meets" } else { "misses" });
+            eprintln!(
+                "probe {rate:>9.0}/s: {q} {:>8.1} us, achieved {:.0}/s -> {}",
+                match q.as_str() {
+                    "p50" => s.p50_us,
+                    "p90" => s.p90_us,
+                    "p99" => s.p99_us,
+                    _ => s.p999_us,
+                },
+                s.achieved_rate,
+                if meets(&s, &q, bound) {
+                    "meets"
+                } else {
+                    "misses"
+                }
+            );
             Ok(s)
         };
         let mut lo_rate = args.rate.unwrap_or(1_000.0);
@@ -290,7 +415,10 @@ fn main() -> anyhow::Result<()> {
         if args.json {
             println!("{}", best.json());
         } else {
-            println!("highest rate meeting {slo}: {lo_rate:.0} req/s\n{}", best.table());
+            println!(
+                "highest rate meeting {slo}: {lo_rate:.0} req/s\n{}",
+                best.table()
+            );
         }
         return Ok(());
     }
