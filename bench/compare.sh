@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Runs the architecture comparison and writes bench/results/<date>-<machine>.md.
+#
+#   bench/compare.sh small   # this 2-core VM: server on core 0, generator on core 1
+#   bench/compare.sh full    # 16 cores: server on 0-7, generator on 8-15
+#
+# For every workload it measures each system's closed-loop peak, then sweeps
+# the same offered rates (fractions of lb's peak) against every system:
+# ramkv in each --arch, memcached (-t = server cores) and redis-server.
+# Environment overrides: BIN (release binaries), MEMCACHED, REDIS, WORKLOADS,
+# DURATION, WARMUP, SLO_US, MACHINE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${1:-small}
+BIN=${BIN:-target/release}
+MEMCACHED=${MEMCACHED:-memcached}
+REDIS=${REDIS:-redis-server}
+SLO_US=${SLO_US:-500}
+case "$profile" in
+  small) server_cpus=0; gen_cpus=1; ncores=1; gen_threads=1; conns=16 ;;
+  full) server_cpus=0-7; gen_cpus=8-15; ncores=8; gen_threads=8; conns=64 ;;
+  *) echo "usage: $0 small|full" >&2; exit 2 ;;
+esac
+DURATION=${DURATION:-2s}
+WARMUP=${WARMUP:-1s}
+WORKLOADS=${WORKLOADS:-"uniform hot-conns bimodal bimodal-50 large"}
+FRACTIONS=(0.1 0.3 0.5 0.7 0.9 1.0 1.1 1.3)
+date=$(date -u +%F)
+machine=${MACHINE:-$(nproc)core}
+name="$date-$machine"
+out="bench/results/$name"
+md="bench/results/$name.md"
+mkdir -p "$out"
+
+[ -x "$BIN/ramkv-server" ] && [ -x "$BIN/ramkv-bench" ] || cargo build --release --workspace
+port=17000
+pid=""
+
+# lb splits the server cores: a quarter dispatchers (at least 1), the rest workers.
+disp=$(( ncores / 4 )); [ "$disp" -ge 1 ] || disp=1
+workers=$(( ncores - disp )); [ "$workers" -ge 1 ] || workers=1
+ramkv_common=(--enable-spin-op --spin-op-max-us 1000000 --max-memory 8GiB --log-level warn)
+
+systems_for() {
+  local s="lb inline-1"
+  if [ "$ncores" -gt 1 ]; then s="lb lb-reuseport inline-1 inline-shared inline-reuseport"; fi
+  s="$s thread-per-conn"
+  case "$1" in bimodal*) ;; *) s="$s memcached redis" ;; esac
+  echo "$s"
+}
+
+start_system() {
+  local sys=$1
+  port=$((port + 1))
+  local addr="127.0.0.1:$port"
+  case "$sys" in
+    lb) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" "${ramkv_common[@]}") ;;
+    lb-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" --reuseport "${ramkv_common[@]}") ;;
+    inline-1) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers 1 "${ramkv_common[@]}") ;;
+    inline-shared) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" "${ramkv_common[@]}") ;;
+    inline-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" --reuseport "${ramkv_common[@]}") ;;
+    thread-per-conn) cmd=("$BIN/ramkv-server" --listen "$addr" --arch thread-per-conn "${ramkv_common[@]}") ;;
+    memcached)
+      cmd=("$MEMCACHED" -l 127.0.0.1 -p "$port" -U 0 -t "$ncores" -m 8192 -c 4096)
+      [ "$(id -u)" -ne 0 ] || cmd+=(-u root) ;;
+    redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients 4096) ;;
+  esac
+  taskset -c "$server_cpus" "${cmd[@]}" >/dev/null 2>&1 &
+  pid=$!
+  case "$sys" in memcached) target="memcache://$addr" ;; redis) target="redis://$addr" ;; *) target="ramkv://$addr" ;; esac
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "compare.sh: $sys did not start" >&2
+  exit 1
+}
+
+stop_system() {
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+trap stop_system EXIT
+
+bench() { taskset -c "$gen_cpus" "$BIN/ramkv-bench" --target "$target" --threads "$gen_threads" --connections "$conns" --quiet "$@"; }
+field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
+
+{
+  echo "# Architecture comparison: $profile run"
+  echo
+  echo "- Date: $date (UTC)"
+  echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB"
+  echo "- Server cores: \`$server_cpus\` ($ncores), generator cores: \`$gen_cpus\` ($gen_threads threads), $conns connections"
+  echo "- lb: $disp dispatcher(s) + $workers worker(s); inline-N and memcached -t use all $ncores server core(s); redis-server is single-threaded"
+  echo "- Command: \`bench/compare.sh $profile\` (DURATION=$DURATION, WARMUP=$WARMUP per point, SLO p99 ≤ ${SLO_US} µs)"
+  echo "- Offered rates: ${FRACTIONS[*]} × lb's closed-loop peak, the same for every system"
+  echo
+} > "$md"
+
+for w in $WORKLOADS; do
+  echo "== workload $w" >&2
+  mkdir -p "$out/$w"
+  systems=$(systems_for "$w")
+  preload=(--preload)
+  case "$w" in bimodal*) preload=() ;; esac
+  # The reference peak: lb, closed loop.
+  start_system lb
+  lb_peak=$(bench --preset "$w" "${preload[@]}" --concurrency 4 --duration "$DURATION" --warmup "$WARMUP" --json | field achieved_rate)
+  stop_system
+  rates=$(for f in "${FRACTIONS[@]}"; do awk -v p="$lb_peak" -v f="$f" 'BEGIN{printf "%d,", p*f}'; done)
+  rates=${rates%,}
+  echo "   lb peak $lb_peak req/s; sweep $rates" >&2
+  series=()
+  rows=()
+  for sys in $systems; do
+    start_system "$sys"
+    peak=$(bench --preset "$w" "${preload[@]}" --concurrency 4 --duration "$DURATION" --warmup "$WARMUP" --json | field achieved_rate)
+    echo "$peak" > "$out/$w/$sys.peak"
+    bench --preset "$w" --sweep "$rates" --duration "$DURATION" --warmup "$WARMUP" --out "$out/$w/$sys" 2>&1 | sed "s/^/   $sys: /" >&2
+    if [ "${target%%://*}" = ramkv ]; then
+      "$BIN/ramkv" --server "${target#ramkv://}" stats | grep -E 'queue_delay|service_time|busy_ns|steals|parks|shed' > "$out/$w/$sys.stats.txt" || true
+    fi
+    stop_system
+    series+=(--series "$sys=$out/$w/$sys.csv")
+    rows+=("$(awk -F, -v sys="$sys" -v peak="$peak" -v slo="$SLO_US" '
+      NR == 1 { next }
+      { i++; p99[i] = $7; p999[i] = $8; late[i] = ($11 == "true") ? "*" : "" }
+      $7 <= slo && $3 == 0 && $4 == 0 && $2 >= 0.95 * $1 && $2 > best { best = $2 }
+      END { printf "| %s | %.0f | %.0f | %.0f / %.0f%s | %.0f / %.0f%s | %.0f / %.0f%s |", sys, peak, best, p99[3], p999[3], late[3], p99[4], p999[4], late[4], p99[5], p999[5], late[5] }
+    ' "$out/$w/$sys.csv")")
+  done
+  "$BIN/ramkv-bench" --plot "$out/$w.svg" --title "$w: p99 and p99.9 vs throughput ($profile)" "${series[@]}" 2>/dev/null
+  {
+    echo "## $w"
+    echo
+    echo "![$w]($name/$w.svg)"
+    echo
+    echo "| system | closed-loop peak (req/s) | max rate with p99 ≤ ${SLO_US} µs | p99 / p99.9 µs at 50% | at 70% | at 90% |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "Percentages are of lb's peak ($lb_peak req/s). \`*\`: the generator fell behind its schedule at that point. Raw sweeps: \`$out/$w/*.csv\`; lb's STATS after its sweep: \`$out/$w/lb.stats.txt\`."
+    echo
+  } >> "$md"
+done
+# The targets, as ratios measured in this run.
+slo_best() { awk -F, -v slo="$SLO_US" 'NR > 1 && $7 <= slo && $3 == 0 && $4 == 0 && $2 >= 0.95 * $1 && $2 > b { b = $2 } END { print b + 0 }' "$1"; }
+p99_at() { awk -F, -v row="$2" 'NR == row + 1 { print $7 }' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+{
+  echo "## Targets"
+  echo
+  echo "| target | measured | ratio | goal |"
+  echo "|---|---|---:|---|"
+  for w in hot-conns bimodal bimodal-50; do
+    [ -f "$out/$w/lb.csv" ] || continue
+    best_sys=""; best=""
+    for f in "$out/$w"/inline-*.csv "$out/$w"/thread-per-conn.csv; do
+      [ -f "$f" ] || continue
+      v=$(p99_at "$f" 4)
+      if [ -z "$best" ] || awk -v a="$v" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$v; best_sys=$(basename "$f" .csv); fi
+    done
+    lb=$(p99_at "$out/$w/lb.csv" 4)
+    echo "| $w: lb p99 at 70% vs best partitioned ($best_sys) | $lb µs vs $best µs | $(ratio "$lb" "$best") | ≤ 0.33 |"
+  done
+  if [ -f "$out/uniform/lb.peak" ]; then
+    best=0; best_sys=""
+    for f in "$out/uniform"/inline-*.peak; do
+      v=$(cat "$f"); if awk -v a="$v" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$v; best_sys=$(basename "$f" .peak); fi
+    done
+    lb=$(cat "$out/uniform/lb.peak")
+    echo "| uniform: lb peak vs $best_sys peak | $lb vs $best req/s | $(ratio "$lb" "$best") | ≥ 0.9 |"
+  fi
+  for w in $WORKLOADS; do
+    [ -f "$out/$w/memcached.csv" ] || continue
+    lb=$(slo_best "$out/$w/lb.csv"); mc=$(slo_best "$out/$w/memcached.csv")
+    echo "| $w: lb vs memcached, max rate with p99 ≤ ${SLO_US} µs | $lb vs $mc req/s | $(ratio "$lb" "$mc") | ≥ 1.0 |"
+  done
+  echo
+} >> "$md"
+echo "wrote $md" >&2
