@@ -98,6 +98,24 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// A connection with nothing in flight and nothing read for this long is closed.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A frame that has started arriving must be complete within this long
+    /// (slowloris defence); else INVALID_REQUEST and the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub frame_timeout: Duration,
+
+    /// Require every connection to authenticate first with the token in
+    /// this file (see the AUTH op). The token never appears in logs.
+    #[arg(long)]
+    pub auth_token_file: Option<std::path::PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics. Off by default.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+
     /// How long shutdown waits for in-flight requests and their replies.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

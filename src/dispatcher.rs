@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::arch::Executor;
+use crate::auth::{Authenticator, Gate};
 use crate::metrics::{DispatcherStats, Metrics};
 use crate::reply::ReplySink;
 use crate::wire::{self, Status, decode_request, error_response};
@@ -38,6 +39,35 @@ pub struct ConnLimits {
     pub max_in_flight: usize,
     pub max_outbound: usize,
     pub write_timeout: Duration,
+    /// Close a connection idle (nothing read, nothing in flight) this long.
+    pub idle_timeout: Duration,
+    /// A started frame must complete within this long.
+    pub frame_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// The connection limits a server configuration sets.
+    pub fn from_config(cfg: &crate::Config) -> Self {
+        ConnLimits {
+            max_frame: cfg.max_frame as usize,
+            max_in_flight: cfg.max_in_flight,
+            max_outbound: cfg.max_outbound as usize,
+            write_timeout: cfg.write_timeout,
+            idle_timeout: cfg.idle_timeout,
+            frame_timeout: cfg.frame_timeout,
+        }
+    }
+}
+
+/// The reply that ends a connection whose frame never completed.
+pub fn frame_timeout_response(t: Duration) -> crate::wire::Response {
+    error_response(
+        0,
+        Status::InvalidRequest,
+        format!(
+            "incomplete frame: no complete frame within {t:?} (--frame-timeout); closing the connection"
+        ),
+    )
 }
 
 /// What every dispatcher shares.
@@ -45,6 +75,7 @@ pub struct Shared {
     pub limits: ConnLimits,
     pub metrics: Arc<Metrics>,
     pub executor: Arc<dyn Executor>,
+    pub auth: Authenticator,
     /// Cancelled on SIGINT/SIGTERM: stop accepting, drain, close.
     pub shutdown: CancellationToken,
     /// Connections open across all dispatchers, checked against `max_connections`.
@@ -192,11 +223,30 @@ fn start_connection(stream: TcpStream, index: usize, shared: &Arc<Shared>, track
 }
 
 /// Turns one frame into a request for the executor, or an error reply.
-fn submit_frame(frame: Bytes, sink: &Arc<ReplySink>, executor: &dyn Executor, index: usize) {
-    match decode_request(frame) {
-        Ok(req) => executor.submit(req, sink, index),
-        Err(e) => sink.push(&error_response(e.id, Status::InvalidRequest, e.to_string())),
+/// Returns false when the connection must close after its replies.
+fn submit_frame(
+    frame: Bytes,
+    sink: &Arc<ReplySink>,
+    shared: &Shared,
+    authed: &mut bool,
+    index: usize,
+) -> bool {
+    let req = match decode_request(frame) {
+        Ok(req) => req,
+        Err(e) => {
+            sink.push(&error_response(e.id, Status::InvalidRequest, e.to_string()));
+            return true;
+        }
+    };
+    match shared.auth.gate(authed, req) {
+        Gate::Pass(req) => shared.executor.submit(req, sink, index),
+        Gate::Reply(resp) => sink.push(&resp),
+        Gate::ReplyAndClose(resp) => {
+            sink.push(&resp);
+            return false;
+        }
     }
+    true
 }
 
 /// Serves one connection until the peer closes it, it breaks, or shutdown
@@ -222,8 +272,16 @@ async fn serve_connection(mut stream: TcpStream, index: usize, shared: &Shared) 
     let mut in_flight = 0usize;
     // The socket may still be read (no EOF, no shutdown, no framing error).
     let mut read_open = true;
-    // Frames may still be decoded (false after an oversize frame).
+    // Frames may still be decoded (false after an oversize frame or a failed AUTH).
     let mut decode_open = true;
+    let mut authed = !shared.auth.required();
+    // One timer, re-armed only when its deadline moves: the idle timeout
+    // when nothing is buffered or in flight, the frame timeout while a
+    // frame is half-read.
+    let mut last_read = Instant::now();
+    let mut frame_started: Option<Instant> = None;
+    let mut timer = Box::pin(tokio::time::sleep(limits.idle_timeout));
+    let mut armed_for: Option<Instant> = None;
     loop {
         let busy_from = Instant::now();
         // 1. Submit every complete frame already read, up to the caps.
@@ -238,7 +296,11 @@ async fn serve_connection(mut stream: TcpStream, index: usize, shared: &Shared) 
                 match codec.decode(&mut rbuf) {
                     Ok(Some(frame)) => {
                         in_flight += 1;
-                        submit_frame(frame.freeze(), &sink, &*shared.executor, index);
+                        if !submit_frame(frame.freeze(), &sink, shared, &mut authed, index) {
+                            decode_open = false;
+                            read_open = false;
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -285,8 +347,25 @@ async fn serve_connection(mut stream: TcpStream, index: usize, shared: &Shared) 
         if !read_open && in_flight == 0 && !held_back {
             break;
         }
-        // 3. Wait for a reply to write, or for more requests to read.
+        // 3. Wait for a reply to write, for more requests to read, or for a timeout.
         let can_read = read_open && !held_back;
+        frame_started = if rbuf.is_empty() || held_back {
+            None
+        } else {
+            frame_started.or(Some(busy_from))
+        };
+        let deadline = match frame_started {
+            _ if !read_open => None,
+            Some(t) => Some(t + limits.frame_timeout),
+            None if in_flight == 0 => Some(last_read + limits.idle_timeout),
+            None => None,
+        };
+        if let Some(d) = deadline
+            && armed_for != Some(d)
+        {
+            timer.as_mut().reset(d.into());
+            armed_for = Some(d);
+        }
         if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -303,8 +382,18 @@ async fn serve_connection(mut stream: TcpStream, index: usize, shared: &Shared) 
                 }
                 n => {
                     stats.bytes_in.fetch_add(n as u64, Relaxed);
+                    last_read = Instant::now();
                 }
             },
+            _ = &mut timer, if deadline.is_some() => {
+                read_open = false;
+                decode_open = false;
+                armed_for = None;
+                if frame_started.is_some() {
+                    in_flight += 1;
+                    sink.push(&frame_timeout_response(limits.frame_timeout));
+                }
+            }
             _ = shared.shutdown.cancelled(), if read_open => read_open = false,
         }
     }

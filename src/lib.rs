@@ -22,10 +22,14 @@
 //! - [`reply`]: each connection's outbound buffer, filled by workers.
 //! - [`service`]: what each operation does, its limits and statuses.
 //! - [`store`]: the concurrent map with versions and memory accounting.
-//! - [`config`]: flags and defaults; [`metrics`]: counters read by STATS.
+//! - [`config`]: flags and defaults; [`metrics`]: counters read by STATS
+//!   and served by [`admin`] at `/metrics`.
+//! - [`auth`]: the optional shared-secret gate in front of every connection.
 //! - [`server`]: assembles and starts it all, and shuts it down gracefully.
 
+pub mod admin;
 pub mod arch;
+pub mod auth;
 pub mod config;
 pub mod dispatcher;
 pub mod metrics;

@@ -14,7 +14,7 @@ use crossbeam_utils::CachePadded;
 use crate::wire::pb::request::Op;
 
 /// Operation labels, indexed by [`op_index`].
-pub const OPS: [&str; 9] = [
+pub const OPS: [&str; 10] = [
     "get",
     "put",
     "delete",
@@ -23,6 +23,7 @@ pub const OPS: [&str; 9] = [
     "ping",
     "stats",
     "spin",
+    "auth",
     "invalid",
 ];
 
@@ -50,7 +51,8 @@ pub fn op_index(op: Option<&Op>) -> usize {
         Some(Op::Ping(_)) => 5,
         Some(Op::Stats(_)) => 6,
         Some(Op::Spin(_)) => 7,
-        None => 8,
+        Some(Op::Auth(_)) => 8,
+        None => 9,
     }
 }
 
@@ -179,6 +181,26 @@ impl Metrics {
             .iter()
             .map(|d| d.connections_open.load(Relaxed))
             .sum()
+    }
+
+    /// Every figure in the Prometheus text exposition format.
+    pub fn prometheus_text(figures: &[(String, u64)]) -> String {
+        let mut out = String::with_capacity(figures.len() * 64);
+        let mut last_family = "";
+        for (name, value) in figures {
+            let family = name.split('{').next().unwrap_or(name);
+            if family != last_family {
+                let kind = if family.ends_with("_total") {
+                    "counter"
+                } else {
+                    "gauge"
+                };
+                out.push_str(&format!("# TYPE {family} {kind}\n"));
+                last_family = family;
+            }
+            out.push_str(&format!("{name} {value}\n"));
+        }
+        out
     }
 
     /// Every figure as (name, value), in Prometheus naming.

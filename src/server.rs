@@ -12,10 +12,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::arch::Executor;
 use crate::arch::inline::InlineExecutor;
 use crate::arch::lb::{self, PoolExecutor, Task};
 use crate::arch::thread_per_conn::ThreadPerConn;
+use crate::auth::Authenticator;
 use crate::config::{Arch, Config};
 use crate::dispatcher::{self, ConnLimits, Listener, Shared};
 use crate::metrics::Metrics;
@@ -49,6 +51,7 @@ pub struct ServerHandle {
     dispatchers: Vec<JoinHandle<()>>,
     pool: Option<WorkerPool<Task>>,
     thread_per_conn: Option<ThreadPerConn>,
+    admin: Option<Admin>,
     service: Arc<Service>,
 }
 
@@ -56,6 +59,11 @@ impl ServerHandle {
     /// The address the server listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin endpoint listens, if one was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
     }
 
     /// The service, to inspect the store and metrics in-process.
@@ -75,6 +83,9 @@ impl ServerHandle {
         }
         if let Some(t) = self.thread_per_conn {
             t.shutdown();
+        }
+        if let Some(a) = self.admin {
+            a.stop();
         }
     }
 }
@@ -154,11 +165,20 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         Limits::from_config(cfg),
         metrics.clone(),
     ));
-    let limits = ConnLimits {
-        max_frame: cfg.max_frame as usize,
-        max_in_flight: cfg.max_in_flight,
-        max_outbound: cfg.max_outbound as usize,
-        write_timeout: cfg.write_timeout,
+    let limits = ConnLimits::from_config(cfg);
+    let auth = match &cfg.auth_token_file {
+        Some(path) => Authenticator::from_file(path).map_err(io_err(format!(
+            "cannot read --auth-token-file {}",
+            path.display()
+        )))?,
+        None => Authenticator::open(),
+    };
+    let admin = match cfg.admin {
+        Some(addr) => Some(
+            Admin::start(addr, service.clone())
+                .map_err(io_err(format!("cannot serve --admin on {addr}")))?,
+        ),
+        None => None,
     };
 
     let first = bind(cfg.listen, cfg.reuseport)
@@ -168,14 +188,22 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         .map_err(io_err("cannot read the listening address"))?;
 
     if cfg.arch == Arch::ThreadPerConn {
-        let t = ThreadPerConn::start(first, service.clone(), metrics, limits, cfg.max_connections)
-            .map_err(io_err("cannot start the acceptor thread"))?;
+        let t = ThreadPerConn::start(
+            first,
+            service.clone(),
+            auth,
+            metrics,
+            limits,
+            cfg.max_connections,
+        )
+        .map_err(io_err("cannot start the acceptor thread"))?;
         return Ok(ServerHandle {
             addr,
             shutdown: CancellationToken::new(),
             dispatchers: vec![],
             pool: None,
             thread_per_conn: Some(t),
+            admin,
             service,
         });
     }
@@ -221,6 +249,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         limits,
         metrics,
         executor,
+        auth,
         shutdown: CancellationToken::new(),
         open_connections: AtomicUsize::new(0),
         max_connections: cfg.max_connections,
@@ -270,6 +299,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         dispatchers: threads,
         pool,
         thread_per_conn: None,
+        admin,
         service,
     })
 }

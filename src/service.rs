@@ -249,6 +249,9 @@ impl Service {
                 ok(Res::MultiPut(pb::MultiPutResult { versions }))
             }
             Some(Op::Ping(p)) => ok(Res::Ping(pb::PingResult { payload: p.payload })),
+            // Authentication is decided per connection before requests get
+            // here; an AUTH that arrives is one the connection accepted.
+            Some(Op::Auth(_)) => Ok(error_response(req.id, Status::Ok, "")),
             Some(Op::Stats(_)) => ok(Res::Stats(pb::StatsResult {
                 metrics: self.stats(),
             })),
@@ -272,7 +275,9 @@ impl Service {
         }
     }
 
-    fn stats(&self) -> Vec<pb::Metric> {
+    /// Every figure STATS reports, as (name, value): the metrics, the
+    /// store's gauges and any registered extras.
+    pub fn figures(&self) -> Vec<(String, u64)> {
         let mut all = self.metrics.snapshot();
         all.push(("ramkv_store_keys".into(), self.store.len() as u64));
         all.push(("ramkv_store_memory_bytes".into(), self.store.memory_used()));
@@ -283,7 +288,12 @@ impl Service {
         if let Some(g) = self.extra_gauges.get() {
             all.extend(g());
         }
-        all.into_iter()
+        all
+    }
+
+    fn stats(&self) -> Vec<pb::Metric> {
+        self.figures()
+            .into_iter()
             .map(|(name, value)| pb::Metric { name, value })
             .collect()
     }

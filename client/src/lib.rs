@@ -56,6 +56,10 @@ pub enum Error {
     VersionMismatch { current: u64 },
     #[error("server overloaded: {0}")]
     Overloaded(String),
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    #[error("cannot read the auth token file: {0}")]
+    TokenFile(String),
     #[error("server answered {status:?}: {message}")]
     Server { status: Status, message: String },
     #[error("unexpected reply: {0}")]
@@ -77,6 +81,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,
+    /// Authenticate with the token in this file (the server's
+    /// `--auth-token-file`) before any other request.
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -85,6 +92,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_frame: 64 << 20,
+            auth_token_file: None,
         }
     }
 }
@@ -127,6 +135,10 @@ impl Client {
         addr: impl ToSocketAddrs + std::fmt::Display,
         opts: ClientOptions,
     ) -> Result<Client, Error> {
+        let token = match &opts.auth_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
         let shown = addr.to_string();
         let fail = |message: String| Error::Connect {
             addr: shown.clone(),
@@ -146,7 +158,7 @@ impl Client {
         }));
         tokio::spawn(write_loop(write, rx, waiting.clone()));
         tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 frames,
                 waiting,
@@ -154,7 +166,16 @@ impl Client {
                 opts,
                 peer,
             }),
-        })
+        };
+        if let Some(token) = token {
+            let resp = client
+                .call(Op::Auth(proto::Auth {
+                    token: token.into(),
+                }))
+                .await?;
+            check(resp, &[])?;
+        }
+        Ok(client)
     }
 
     /// The server's address.
@@ -329,6 +350,21 @@ impl Client {
     }
 }
 
+/// Reads a token file; whitespace around the token is ignored. Errors name
+/// the file, never its contents.
+pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    let raw =
+        std::fs::read(path).map_err(|e| Error::TokenFile(format!("{}: {e}", path.display())))?;
+    let token = raw.trim_ascii();
+    if token.is_empty() {
+        return Err(Error::TokenFile(format!(
+            "{} holds no token",
+            path.display()
+        )));
+    }
+    Ok(token.to_vec())
+}
+
 fn unexpected(op: &str, got: Option<Res>) -> Error {
     Error::Protocol(format!("{op} reply carried {got:?}"))
 }
@@ -348,6 +384,7 @@ fn check(resp: Response, allowed: &[Status]) -> Result<(Status, Option<Res>), Er
             Error::VersionMismatch { current: d.version }
         }
         (Status::Overloaded, _) => Error::Overloaded(resp.message),
+        (Status::Unauthenticated, _) => Error::Unauthenticated(resp.message),
         _ => Error::Server {
             status,
             message: resp.message,
@@ -397,8 +434,12 @@ async fn read_loop(r: tokio::net::tcp::OwnedReadHalf, max_frame: usize, waiting:
             // A connection-level error (too many connections, oversize frame).
             break format!("server: {}", resp.message);
         }
+        let ends_connection = resp.status == Status::Unauthenticated as i32;
         if let Some(tx) = lock(&waiting).by_id.remove(&resp.id) {
             let _ = tx.send(resp);
+        }
+        if ends_connection {
+            break "server refused authentication".to_string();
         }
     };
     fail_all(&waiting, why);

@@ -39,6 +39,7 @@ fn config(target: &str, mode: Mode, duration: Duration) -> RunConfig {
         late_threshold: Duration::from_millis(5),
         progress: false,
         seed: 9,
+        auth_token: None,
     }
 }
 
@@ -300,7 +301,7 @@ fn exercise(target: &str) {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(engine::preload(&cfg.target, &workload(), 2))
+    rt.block_on(engine::preload(&cfg.target, &workload(), 2, None))
         .expect("preload");
     let r = run(&cfg);
     assert_eq!((r.errors, r.timeouts), (0, 0), "{target}");
@@ -372,4 +373,27 @@ fn unreachable_target_is_a_clear_error() {
     );
     let err = engine::run(&cfg, &workload()).err().expect("fails");
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn echo_baseline_target_round_trips() {
+    let args: Vec<String> = ["--echo-server", "127.0.0.1:0"].map(String::from).to_vec();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramkv-bench"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ramkv-bench runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _guard = External(child);
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let r = run(&config(
+        &format!("echo://{addr}"),
+        Mode::Open { rate: 1_000.0 },
+        Duration::from_millis(500),
+    ));
+    assert_eq!((r.errors, r.timeouts), (0, 0));
+    assert!(r.completed > 300, "{}", r.completed);
 }

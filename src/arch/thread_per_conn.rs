@@ -12,7 +12,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::dispatcher::ConnLimits;
+use crate::auth::{Authenticator, Gate};
+use crate::dispatcher::{ConnLimits, frame_timeout_response};
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::wire::{self, Status, decode_request, error_response};
@@ -20,6 +21,7 @@ use crate::wire::{self, Status, decode_request, error_response};
 /// Everything the connection threads share.
 struct Ctx {
     service: Arc<Service>,
+    auth: Authenticator,
     metrics: Arc<Metrics>,
     limits: ConnLimits,
     max_connections: usize,
@@ -41,6 +43,7 @@ impl ThreadPerConn {
     pub fn start(
         listener: TcpListener,
         service: Arc<Service>,
+        auth: Authenticator,
         metrics: Arc<Metrics>,
         limits: ConnLimits,
         max_connections: usize,
@@ -49,6 +52,7 @@ impl ThreadPerConn {
         let addr = listener.local_addr()?;
         let ctx = Arc::new(Ctx {
             service,
+            auth,
             metrics,
             limits,
             max_connections,
@@ -147,8 +151,34 @@ fn serve(mut stream: TcpStream, id: u64, ctx: &Ctx) -> io::Result<()> {
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut authed = !ctx.auth.required();
     loop {
-        let n = stream.read(&mut chunk)?;
+        // Idle connections get the idle timeout; a half-read frame the frame timeout.
+        let partial = !rbuf.is_empty();
+        stream.set_read_timeout(Some(if partial {
+            ctx.limits.frame_timeout
+        } else {
+            ctx.limits.idle_timeout
+        }))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if partial {
+                    wire::encode_response(
+                        &frame_timeout_response(ctx.limits.frame_timeout),
+                        &mut wbuf,
+                    );
+                    let _ = stream.write_all(&wbuf);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -158,16 +188,26 @@ fn serve(mut stream: TcpStream, id: u64, ctx: &Ctx) -> io::Result<()> {
         loop {
             match codec.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
-                    let resp = match decode_request(frame.freeze()) {
-                        Ok(req) => {
+                    let resp = match decode_request(frame.freeze())
+                        .map(|req| ctx.auth.gate(&mut authed, req))
+                    {
+                        Ok(Gate::Pass(req)) => {
                             let start = Instant::now();
                             let resp = ctx.service.execute(req, exec);
                             exec.service_time.record(start.elapsed());
                             resp
                         }
+                        Ok(Gate::Reply(resp)) => resp,
+                        Ok(Gate::ReplyAndClose(resp)) => {
+                            fatal = true;
+                            resp
+                        }
                         Err(e) => error_response(e.id, Status::InvalidRequest, e.to_string()),
                     };
                     wire::encode_response(&resp, &mut wbuf);
+                    if fatal {
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => {

@@ -74,6 +74,8 @@ pub struct RunConfig {
     pub late_threshold: Duration,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// ramkv's shared secret, sent as AUTH on every connection first.
+    pub auth_token: Option<Vec<u8>>,
     pub seed: u64,
 }
 
@@ -136,6 +138,8 @@ struct ThreadState {
     key_buf: RefCell<Vec<u8>>,
     values: Bytes,
     closed_loop: bool,
+    /// Replies name their request (ramkv, echo); else they come in order.
+    replies_carry_ids: bool,
 }
 
 impl ThreadState {
@@ -193,7 +197,7 @@ impl ThreadState {
             };
             protocol::encode(self.kind, id, &op, &mut out);
         }
-        if self.kind != Kind::Ramkv {
+        if !self.replies_carry_ids {
             conn.fifo.borrow_mut().push_back(sched);
         }
         conn.outstanding.set(conn.outstanding.get() + 1);
@@ -406,13 +410,10 @@ fn generator_thread(
         let mut streams = Vec::new();
         let mut failure = None;
         for _ in &weights {
-            match TcpStream::connect(&cfg.target.addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    streams.push(s);
-                }
+            match connect(&cfg.target, cfg.auth_token.as_deref()).await {
+                Ok(s) => streams.push(s),
                 Err(e) => {
-                    failure = Some(format!("cannot connect to {}: {e}", cfg.target.addr));
+                    failure = Some(e);
                     break;
                 }
             }
@@ -442,6 +443,7 @@ fn generator_thread(
             key_buf: RefCell::new(Vec::with_capacity(64)),
             values,
             closed_loop: matches!(cfg.mode, Mode::Closed { .. }),
+            replies_carry_ids: cfg.target.replies_carry_ids(),
         });
         let conns: Vec<Rc<Conn>> = streams
             .iter()
@@ -574,7 +576,7 @@ async fn reader(conn: Rc<Conn>, mut rd: tokio::net::tcp::OwnedReadHalf, st: Rc<T
                     return;
                 }
             };
-            let sched = if st.kind == Kind::Ramkv {
+            let sched = if st.replies_carry_ids {
                 reply.id.saturating_sub(1)
             } else {
                 conn.fifo.borrow_mut().pop_front().unwrap_or(now)
@@ -590,17 +592,56 @@ async fn reader(conn: Rc<Conn>, mut rd: tokio::net::tcp::OwnedReadHalf, st: Rc<T
     conn.alive.set(false);
 }
 
+/// Connects to `target` and, for ramkv with a token, authenticates.
+pub async fn connect(target: &Target, token: Option<&[u8]>) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(&target.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
+    let _ = s.set_nodelay(true);
+    if let (Some(token), Kind::Ramkv) = (token, target.kind) {
+        let req = crate::proto::Request {
+            id: 1,
+            op: Some(crate::proto::request::Op::Auth(crate::proto::Auth {
+                token: Bytes::copy_from_slice(token),
+            })),
+        };
+        let mut out = BytesMut::new();
+        bytes::BufMut::put_u32(&mut out, prost::Message::encoded_len(&req) as u32);
+        let _ = prost::Message::encode(&req, &mut out);
+        s.write_all(&out).await.map_err(|e| format!("auth: {e}"))?;
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header)
+            .await
+            .map_err(|e| format!("auth: {e}"))?;
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        s.read_exact(&mut body)
+            .await
+            .map_err(|e| format!("auth: {e}"))?;
+        let resp: crate::proto::Response =
+            prost::Message::decode(&body[..]).map_err(|e| format!("auth: {e}"))?;
+        if resp.status != crate::proto::Status::Ok as i32 {
+            return Err(format!("authentication refused: {}", resp.message));
+        }
+    }
+    Ok(s)
+}
+
 /// Stores every key once, so GETs hit. Pipelines `window` SETs per connection.
-pub async fn preload(target: &Target, wl: &Workload, connections: usize) -> Result<(), String> {
+pub async fn preload(
+    target: &Target,
+    wl: &Workload,
+    connections: usize,
+    token: Option<&[u8]>,
+) -> Result<(), String> {
     let window = 256u64;
     let mut tasks = tokio::task::JoinSet::new();
     let connections = connections.clamp(1, 8) as u64;
     for c in 0..connections {
-        let (target, wl) = (target.clone(), wl.clone());
+        let (target, wl, token) = (target.clone(), wl.clone(), token.map(<[u8]>::to_vec));
         tasks.spawn(async move {
-            let mut s = TcpStream::connect(&target.addr)
+            let mut s = connect(&target, token.as_deref())
                 .await
-                .map_err(|e| format!("preload: cannot connect to {}: {e}", target.addr))?;
+                .map_err(|e| format!("preload: {e}"))?;
             let values = Bytes::from(vec![b'x'; wl.value_size.max().max(1)]);
             let mut rng = SmallRng::seed_from_u64(c);
             let mut key = Vec::new();

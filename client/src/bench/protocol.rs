@@ -21,7 +21,13 @@ pub enum Kind {
     Memcache,
     /// Redis RESP (`GET`, `SET`).
     Redis,
+    /// 16-byte messages echoed back by `ramkv-bench --echo-server`: the
+    /// floor that any request/response server over loopback TCP pays.
+    Echo,
 }
+
+/// Bytes in one echo message: the id, then padding.
+pub const ECHO_LEN: usize = 16;
 
 impl Target {
     /// Parses `ramkv://host:port`, `memcache://host:port`, `redis://host:port`,
@@ -31,9 +37,10 @@ impl Target {
             Some(("ramkv", a)) => (Kind::Ramkv, a),
             Some(("memcache", a)) | Some(("memcached", a)) => (Kind::Memcache, a),
             Some(("redis", a)) => (Kind::Redis, a),
+            Some(("echo", a)) => (Kind::Echo, a),
             Some((scheme, _)) => {
                 return Err(format!(
-                    "unknown target scheme '{scheme}': use ramkv://, memcache:// or redis://"
+                    "unknown target scheme '{scheme}': use ramkv://, memcache://, redis:// or echo://"
                 ));
             }
             None => (Kind::Ramkv, s),
@@ -47,9 +54,10 @@ impl Target {
         })
     }
 
-    /// Whether replies may arrive out of order (and so carry ids).
+    /// Whether replies carry the request id (ramkv, echo) rather than
+    /// coming back in order.
     pub fn replies_carry_ids(&self) -> bool {
-        self.kind == Kind::Ramkv
+        matches!(self.kind, Kind::Ramkv | Kind::Echo)
     }
 }
 
@@ -71,6 +79,10 @@ pub enum Operation<'a> {
 /// Appends one request to `out`. `id` is used only by ramkv.
 pub fn encode(kind: Kind, id: u64, op: &Operation, out: &mut BytesMut) {
     match kind {
+        Kind::Echo => {
+            out.put_u64(id);
+            out.put_bytes(0, ECHO_LEN - 8);
+        }
         Kind::Ramkv => {
             let op = match op {
                 Operation::Get { key } => Op::Get(proto::Get {
@@ -140,6 +152,14 @@ fn line(buf: &[u8]) -> Option<usize> {
 /// Takes one complete reply off the front of `buf`, if there is one.
 pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError> {
     match kind {
+        Kind::Echo => {
+            if buf.len() < ECHO_LEN {
+                return Ok(None);
+            }
+            let id = buf.get_u64();
+            buf.advance(ECHO_LEN - 8);
+            Ok(Some(Reply { id, ok: true }))
+        }
         Kind::Ramkv => {
             if buf.len() < 4 {
                 return Ok(None);
@@ -220,6 +240,28 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
             }
         }
     }
+}
+
+/// Serves the echo protocol: one blocking thread per connection that
+/// writes back every byte it reads. The baseline for "how fast can a reply
+/// come back at all".
+pub fn echo_server(addr: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("echo server listening on {}", listener.local_addr()?);
+    for stream in listener.incoming() {
+        let mut s = stream?;
+        s.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use ramkv_client::bench::report::{Series, Summary, svg_plot};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// ramkv://HOST:PORT, memcache://HOST:PORT or redis://HOST:PORT.
+    /// ramkv://HOST:PORT, memcache://HOST:PORT, redis://HOST:PORT, or
+    /// echo://HOST:PORT (a raw TCP ping-pong baseline; see --echo-server).
     #[arg(long, default_value = "ramkv://127.0.0.1:7878")]
     target: String,
     /// A named workload: etc, ycsb-a, ycsb-b, ycsb-c, uniform, hot-conns,
@@ -82,6 +83,9 @@ struct Args {
     plot: Option<String>,
     #[arg(long)]
     series: Vec<String>,
+    /// Serve the echo:// baseline protocol on this address instead of measuring.
+    #[arg(long)]
+    echo_server: Option<String>,
     /// Wait this long for outstanding replies after a run; the rest are timeouts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     drain: Duration,
@@ -90,6 +94,9 @@ struct Args {
     late_threshold: Duration,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Authenticate every ramkv connection with the token in this file.
+    #[arg(long)]
+    auth_token_file: Option<std::path::PathBuf>,
     /// No progress line every second.
     #[arg(long)]
     quiet: bool,
@@ -234,6 +241,11 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
         late_threshold: args.late_threshold,
         progress: !args.quiet && !args.json && args.sweep.is_empty() && args.slo.is_none(),
         seed: args.seed,
+        auth_token: args
+            .auth_token_file
+            .as_deref()
+            .map(ramkv_client::read_token)
+            .transpose()?,
     };
     engine::check(&cfg, &wl).map_err(anyhow::Error::msg)?;
     Ok((cfg, wl))
@@ -305,6 +317,10 @@ fn meets(s: &Summary, q: &str, bound_us: f64) -> bool {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(addr) = &args.echo_server {
+        return ramkv_client::bench::protocol::echo_server(addr)
+            .with_context(|| format!("echo server on {addr}"));
+    }
     if let Some(out) = &args.plot {
         return plot(&args, out);
     }
@@ -313,8 +329,13 @@ fn main() -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(engine::preload(&cfg.target, &wl, cfg.connections))
-            .map_err(anyhow::Error::msg)?;
+        rt.block_on(engine::preload(
+            &cfg.target,
+            &wl,
+            cfg.connections,
+            cfg.auth_token.as_deref(),
+        ))
+        .map_err(anyhow::Error::msg)?;
         if !args.json {
             eprintln!("preloaded {} keys", wl.keys);
         }

@@ -17,6 +17,9 @@ struct Cli {
     /// How long to wait for a reply, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Authenticate with the token in this file.
+    #[arg(long)]
+    auth_token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }

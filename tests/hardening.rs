@@ -1,0 +1,377 @@
+//! Limits, authentication, the admin endpoint, and faults under load. Each
+//! test shows what a client sees when a limit is hit, and that the server
+//! keeps serving everyone else.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{HANG_GUARD, Raw, frame, server};
+use ramkv::Arch;
+use ramkv::wire::pb::{self, request::Op};
+use ramkv::wire::{Request, Status};
+use ramkv_client::{Client, ClientOptions, Error};
+
+fn ping_ok(raw: &mut Raw, id: u64) {
+    raw.send(id, Op::Ping(pb::Ping::default()));
+    let r = raw.recv().expect("reply");
+    assert_eq!((r.id, r.status), (id, Status::Ok as i32), "{}", r.message);
+}
+
+fn token_file(token: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ramkv-token-{}-{token}", std::process::id()));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+fn auth(token: &str) -> Op {
+    Op::Auth(pb::Auth {
+        token: token.as_bytes().to_vec().into(),
+    })
+}
+
+#[test]
+fn authentication_wrong_token_no_token_and_right_token() {
+    for arch in [Arch::Lb, Arch::Inline, Arch::ThreadPerConn] {
+        let path = token_file("open-sesame");
+        let srv = server(|c| {
+            c.arch = arch;
+            c.auth_token_file = Some(path.clone());
+        });
+        // No token: the first request is refused and the connection closed.
+        let mut raw = Raw::connect(srv.local_addr());
+        raw.send(1, Op::Ping(pb::Ping::default()));
+        let r = raw.recv().unwrap();
+        assert_eq!(r.status, Status::Unauthenticated as i32, "{arch:?}");
+        assert!(raw.recv().is_none(), "{arch:?}: must close");
+        // Wrong token: refused, closed, and the token is not echoed.
+        let mut raw = Raw::connect(srv.local_addr());
+        raw.send(1, auth("sesame"));
+        let r = raw.recv().unwrap();
+        assert_eq!(r.status, Status::Unauthenticated as i32);
+        assert!(!r.message.contains("sesame"));
+        assert!(raw.recv().is_none());
+        // Right token, then requests in the same write: all served.
+        let mut raw = Raw::connect(srv.local_addr());
+        let mut burst = frame(&Request {
+            id: 1,
+            op: Some(auth("open-sesame")),
+        });
+        burst.extend(frame(&Request {
+            id: 2,
+            op: Some(Op::Ping(pb::Ping::default())),
+        }));
+        raw.send_bytes(&burst);
+        assert_eq!(raw.recv().unwrap().status, Status::Ok as i32);
+        assert_eq!(raw.recv().unwrap().id, 2);
+        ping_ok(&mut raw, 3);
+        srv.shutdown();
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_authenticates_from_a_token_file() {
+    let path = token_file("lib-token");
+    let srv = server(|c| c.auth_token_file = Some(path.clone()));
+    let opts = ClientOptions {
+        auth_token_file: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = Client::connect_with(srv.local_addr(), opts).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    let wrong = token_file("not-it");
+    let opts = ClientOptions {
+        auth_token_file: Some(wrong.clone()),
+        ..Default::default()
+    };
+    match Client::connect_with(srv.local_addr(), opts).await {
+        Err(Error::Unauthenticated(msg)) => {
+            assert!(!msg.contains("not-it") && !msg.contains("lib-token"))
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a wrong token was accepted"),
+    }
+    // Without a token, the first request fails and the connection ends.
+    let c2 = Client::connect(srv.local_addr()).await.unwrap();
+    assert!(matches!(c2.get("k").await, Err(Error::Unauthenticated(_))));
+    srv.shutdown();
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(wrong);
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    for arch in [Arch::Lb, Arch::ThreadPerConn] {
+        let srv = server(|c| {
+            c.arch = arch;
+            c.idle_timeout = Duration::from_millis(300);
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        ping_ok(&mut raw, 1);
+        let start = Instant::now();
+        // The server closes the connection; this read returns at that event.
+        assert!(raw.recv().is_none(), "{arch:?}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "{arch:?}: closed too early"
+        );
+        srv.shutdown();
+    }
+}
+
+#[test]
+fn a_frame_that_never_finishes_is_cut_off() {
+    for arch in [Arch::Lb, Arch::Inline, Arch::ThreadPerConn] {
+        let srv = server(|c| {
+            c.arch = arch;
+            c.frame_timeout = Duration::from_millis(300);
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        // Slowloris: a header promising 100 bytes, then only 10 of them.
+        raw.send_bytes(&[0, 0, 0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let r = raw.recv().expect("an error before the close");
+        assert_eq!(r.status, Status::InvalidRequest as i32, "{arch:?}");
+        assert!(r.message.contains("incomplete frame"), "{}", r.message);
+        assert!(raw.recv().is_none());
+        ping_ok(&mut Raw::connect(srv.local_addr()), 1);
+        srv.shutdown();
+    }
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn admin_endpoint_serves_prometheus_metrics() {
+    let srv = server(|c| c.admin = Some("127.0.0.1:0".parse().unwrap()));
+    let mut raw = Raw::connect(srv.local_addr());
+    for id in 1..=3 {
+        ping_ok(&mut raw, id);
+    }
+    let admin = srv.admin_addr().unwrap();
+    let text = http_get(admin, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("# TYPE ramkv_requests_total counter"));
+    assert!(
+        text.contains("ramkv_requests_total{op=\"ping\",status=\"OK\"} 3"),
+        "{text}"
+    );
+    for family in [
+        "ramkv_connections_open",
+        "ramkv_bytes_in_total",
+        "ramkv_queue_depth",
+        "ramkv_queue_delay_ns",
+        "ramkv_service_time_ns",
+        "ramkv_worker_steals_total",
+        "ramkv_worker_parks_total",
+        "ramkv_dispatcher_busy_ns_total",
+    ] {
+        assert!(text.contains(family), "{family} missing");
+    }
+    assert!(http_get(admin, "/nope").starts_with("HTTP/1.1 404"));
+    srv.shutdown();
+}
+
+/// A server process, killed if the test fails first.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(args: &[&str]) -> (Proc, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramkv-server"))
+        .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "warn"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server binary starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("listening line")
+        .parse()
+        .unwrap();
+    (Proc(child), addr)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Polls STATS until `name` equals `want`; the event being awaited is the
+/// server finishing its own cleanup. Fails after the hang guard.
+async fn await_stat(c: &Client, name: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let stats = c.stats().await.unwrap();
+        let v = common::stat(&stats, name);
+        if v == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "{name} stuck at {v}, expected {want}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_opened_and_dropped() {
+    let (proc, addr) = spawn_server(&["--workers", "1"]);
+    let c = Client::connect(addr).await.unwrap();
+    let v = c.put("survivor", "intact").await.unwrap();
+    let baseline = rss_kib(proc.0.id());
+    for _ in 0..50 {
+        let mut batch = Vec::with_capacity(200);
+        for _ in 0..200 {
+            batch.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        drop(batch);
+    }
+    await_stat(&c, "ramkv_connections_open", 1).await;
+    assert_eq!(
+        common::stat(&c.stats().await.unwrap(), "ramkv_connections_total"),
+        10_001
+    );
+    let after = rss_kib(proc.0.id());
+    assert!(
+        after < baseline + 64 * 1024,
+        "RSS grew from {baseline} KiB to {after} KiB"
+    );
+    let e = c.get("survivor").await.unwrap().unwrap();
+    assert_eq!((e.value, e.version), ("intact".into(), v));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_paused_then_dropped() {
+    let (_proc, addr) = spawn_server(&[
+        "--workers",
+        "1",
+        "--write-timeout",
+        "500ms",
+        "--max-outbound",
+        "256KiB",
+    ]);
+    let c = Client::connect(addr).await.unwrap();
+    let v = c.put("big", vec![b'x'; 64 * 1024]).await.unwrap();
+    // Thousands of 64 KiB GETs, replies never read: the socket buffers
+    // fill, the server stops reading this client, then drops it.
+    let mut stuck = std::net::TcpStream::connect(addr).unwrap();
+    let mut burst = Vec::new();
+    for id in 1..=2_000 {
+        burst.extend(frame(&Request {
+            id,
+            op: Some(Op::Get(pb::Get { key: "big".into() })),
+        }));
+    }
+    let writer = std::thread::spawn(move || {
+        // Blocks once the server stops reading; fails once it has dropped us.
+        let _ = stuck.write_all(&burst);
+        stuck
+    });
+    await_stat(&c, "ramkv_connections_open", 1).await;
+    drop(writer.join().unwrap());
+    // Everyone else is still served, and the acknowledged put is intact.
+    let e = c.get("big").await.unwrap().unwrap();
+    assert_eq!((e.value.len(), e.version), (64 * 1024, v));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_or_closes_and_exits_zero() {
+    let (mut proc, addr) = spawn_server(&["--workers", "2"]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..4 {
+        tasks.spawn(async move {
+            let c = Client::connect(addr).await.unwrap();
+            let mut acked = 0u64;
+            for i in 0u64.. {
+                match c.put(format!("t{t}-{i}"), format!("{i}")).await {
+                    Ok(_) => acked += 1,
+                    Err(Error::Closed(_)) => return acked,
+                    Err(e) => {
+                        panic!("under shutdown a call either succeeds or sees the close, got {e}")
+                    }
+                }
+            }
+            acked
+        });
+    }
+    // Let the load get going, then signal.
+    let probe = Client::connect(addr).await.unwrap();
+    await_stat_at_least(
+        &probe,
+        r#"ramkv_requests_total{op="put",status="OK"}"#,
+        2_000,
+    )
+    .await;
+    drop(probe);
+    Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    let mut total = 0;
+    while let Some(acked) = tasks.join_next().await {
+        total += acked.unwrap();
+    }
+    assert!(total >= 2_000);
+    let status = proc.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+async fn await_stat_at_least(c: &Client, name: &str, want: u64) {
+    let start = Instant::now();
+    while common::stat(&c.stats().await.unwrap(), name) < want {
+        assert!(start.elapsed() < HANG_GUARD, "{name} never reached {want}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn clients_vanishing_mid_frame_leave_the_server_serving() {
+    let srv = server(|_| {});
+    for cut in [1usize, 3, 4, 7, 20] {
+        let mut raw = Raw::connect(srv.local_addr());
+        let bytes = frame(&Request {
+            id: 1,
+            op: Some(Op::Put(pb::Put {
+                key: "k".into(),
+                value: vec![1; 40].into(),
+                expected_version: None,
+            })),
+        });
+        raw.send_bytes(&bytes[..cut]);
+        drop(raw);
+    }
+    let mut raw = Raw::connect(srv.local_addr());
+    raw.send(1, Op::Get(pb::Get { key: "k".into() }));
+    assert_eq!(
+        raw.recv().unwrap().status,
+        Status::NotFound as i32,
+        "a half-sent put must not be applied"
+    );
+    srv.shutdown();
+}
