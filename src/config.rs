@@ -112,6 +112,14 @@ pub struct Config {
     #[arg(long)]
     pub auth_token_file: Option<std::path::PathBuf>,
 
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics. Off by default.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -163,6 +171,12 @@ impl Config {
         }
         if self.arch == Arch::ThreadPerConn && (self.dispatchers != 1 || self.reuseport) {
             return Err("--arch thread-per-conn has one acceptor thread and no dispatchers: drop --dispatchers and --reuseport".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.arch == Arch::ThreadPerConn && self.tls_cert.is_some() {
+            return Err("TLS is served by the dispatcher architectures (lb, inline); thread-per-conn is a plain-TCP baseline".into());
         }
         if self.max_frame < 16 || self.max_frame > u32::MAX as u64 {
             return Err("--max-frame must be between 16 bytes and 4GiB".into());

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
@@ -76,6 +76,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub executor: Arc<dyn Executor>,
     pub auth: Authenticator,
+    /// Set when connections must start with a TLS handshake.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled on SIGINT/SIGTERM: stop accepting, drain, close.
     pub shutdown: CancellationToken,
     /// Connections open across all dispatchers, checked against `max_connections`.
@@ -216,7 +218,16 @@ fn start_connection(stream: TcpStream, index: usize, shared: &Arc<Shared>, track
     tracker.spawn(async move {
         let _guard = OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index));
         let peer = stream.peer_addr().ok();
-        if let Err(e) = serve_connection(stream, index, &shared).await {
+        let result = match &shared.tls {
+            None => serve_connection(stream, index, &shared).await,
+            // A handshake that stalls is a frame that never finishes.
+            Some(acceptor) => match tokio::time::timeout(shared.limits.frame_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(tls, index, &shared).await,
+                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            },
+        };
+        if let Err(e) = result {
             tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
         }
     });
@@ -252,7 +263,11 @@ fn submit_frame(
 /// Serves one connection until the peer closes it, it breaks, or shutdown
 /// has drained it. Reads, decodes and submits every complete frame, then
 /// writes every reply that is ready in one write, then waits for either.
-async fn serve_connection(mut stream: TcpStream, index: usize, shared: &Shared) -> io::Result<()> {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    index: usize,
+    shared: &Shared,
+) -> io::Result<()> {
     let limits = &shared.limits;
     let stats = shared.metrics.dispatcher(index);
     let sink = Arc::new(ReplySink::default());

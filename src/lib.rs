@@ -24,7 +24,8 @@
 //! - [`store`]: the concurrent map with versions and memory accounting.
 //! - [`config`]: flags and defaults; [`metrics`]: counters read by STATS
 //!   and served by [`admin`] at `/metrics`.
-//! - [`auth`]: the optional shared-secret gate in front of every connection.
+//! - [`auth`]: the optional shared-secret gate in front of every connection;
+//!   [`tls`]: optional TLS, terminated on the dispatchers.
 //! - [`server`]: assembles and starts it all, and shuts it down gracefully.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod reply;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 pub use config::{Arch, Config};

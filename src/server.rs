@@ -173,6 +173,12 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         )))?,
         None => Authenticator::open(),
     };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            crate::tls::acceptor(cert, key).map_err(io_err("cannot load the TLS certificate"))?,
+        ),
+        _ => None,
+    };
     let admin = match cfg.admin {
         Some(addr) => Some(
             Admin::start(addr, service.clone())
@@ -250,6 +256,7 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         metrics,
         executor,
         auth,
+        tls,
         shutdown: CancellationToken::new(),
         open_connections: AtomicUsize::new(0),
         max_connections: cfg.max_connections,

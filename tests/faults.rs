@@ -149,7 +149,8 @@ fn random_byte_streams_never_take_the_server_down() {
             bytes[..4.min(len)].copy_from_slice(&body.to_be_bytes()[..4.min(len)]);
         }
         raw.send_bytes(&bytes);
-        raw.stream.shutdown(Shutdown::Write).unwrap();
+        // The server may already have closed (an oversize length prefix).
+        let _ = raw.stream.shutdown(Shutdown::Write);
         // Whatever comes back must be well-formed frames, then a clean close.
         while raw.recv().is_some() {}
     }

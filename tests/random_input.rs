@@ -44,10 +44,14 @@ proptest! {
     fn random_streams_are_answered_or_closed_cleanly(chunks in vec(chunk(), 1..6)) {
         let addr = shared_server().local_addr();
         let mut raw = Raw::connect(addr);
+        // The server may rightly close early (an oversize length prefix),
+        // after which writes fail: that is not what is under test.
         for c in &chunks {
-            raw.send_bytes(c);
+            if std::io::Write::write_all(&mut raw.stream, c).is_err() {
+                break;
+            }
         }
-        raw.stream.shutdown(Shutdown::Write).unwrap();
+        let _ = raw.stream.shutdown(Shutdown::Write);
         // Every frame that comes back decodes as a Response (Raw::recv
         // panics otherwise), then the server closes.
         while let Some(r) = raw.recv() {

@@ -18,6 +18,7 @@
 //! whose workload and measurement code lives in [`bench`].
 
 pub mod bench;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,6 +85,8 @@ pub struct ClientOptions {
     /// Authenticate with the token in this file (the server's
     /// `--auth-token-file`) before any other request.
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -93,6 +96,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             max_frame: 64 << 20,
             auth_token_file: None,
+            tls_ca: None,
         }
     }
 }
@@ -150,14 +154,27 @@ impl Client {
             .map_err(|e| fail(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
         let peer = stream.peer_addr().map_err(|e| fail(e.to_string()))?;
-        let (read, write) = stream.into_split();
         let (frames, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(Waiting {
             by_id: HashMap::new(),
             closed: None,
         }));
-        tokio::spawn(write_loop(write, rx, waiting.clone()));
-        tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+        match &opts.tls_ca {
+            Some(ca) => {
+                let connector = tls::connector(ca).map_err(fail)?;
+                let tls = tls::handshake(&connector, &shown, stream)
+                    .await
+                    .map_err(fail)?;
+                let (read, write) = tokio::io::split(tls);
+                tokio::spawn(write_loop(write, rx, waiting.clone()));
+                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+            }
+            None => {
+                let (read, write) = stream.into_split();
+                tokio::spawn(write_loop(write, rx, waiting.clone()));
+                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+            }
+        }
         let client = Client {
             inner: Arc::new(Inner {
                 frames,
@@ -393,8 +410,8 @@ fn check(resp: Response, allowed: &[Status]) -> Result<(Status, Option<Res>), Er
 }
 
 /// Writes queued frames, coalescing all that are ready into one write.
-async fn write_loop(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     waiting: Arc<Waiters>,
 ) {
@@ -413,7 +430,7 @@ async fn write_loop(
 }
 
 /// Routes each reply to its caller; on close, fails every waiting call.
-async fn read_loop(r: tokio::net::tcp::OwnedReadHalf, max_frame: usize, waiting: Arc<Waiters>) {
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(r: R, max_frame: usize, waiting: Arc<Waiters>) {
     let mut frames = tokio_util::codec::FramedRead::new(
         r,
         tokio_util::codec::LengthDelimitedCodec::builder()

@@ -40,6 +40,7 @@ fn config(target: &str, mode: Mode, duration: Duration) -> RunConfig {
         progress: false,
         seed: 9,
         auth_token: None,
+        tls: None,
     }
 }
 
@@ -301,7 +302,7 @@ fn exercise(target: &str) {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(engine::preload(&cfg.target, &workload(), 2, None))
+    rt.block_on(engine::preload(&cfg.target, &workload(), 2, None, None))
         .expect("preload");
     let r = run(&cfg);
     assert_eq!((r.errors, r.timeouts), (0, 0), "{target}");

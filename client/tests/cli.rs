@@ -98,3 +98,74 @@ fn every_binary_answers_help() {
         );
     }
 }
+
+/// Writes a CA, a server certificate for 127.0.0.1 it signed, its key and
+/// a token into a fresh directory.
+fn secure_files(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("token"), "cli-secret\n").unwrap();
+}
+
+#[test]
+fn cli_and_bench_take_a_token_file_and_a_tls_ca() {
+    let dir = std::env::temp_dir().join(format!("ramkv-cli-secure-{}", std::process::id()));
+    secure_files(&dir);
+    let f = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut cfg = ramkv::Config::for_tests();
+    cfg.tls_cert = Some(dir.join("server.pem"));
+    cfg.tls_key = Some(dir.join("server.key"));
+    cfg.auth_token_file = Some(dir.join("token"));
+    let srv = ramkv::start(&cfg).unwrap();
+    let addr = srv.local_addr().to_string();
+    let secure = ["--tls-ca", &f("ca.pem"), "--auth-token-file", &f("token")];
+
+    let out = ramkv(&addr, &[&secure[..], &["put", "k", "v"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ramkv(&addr, &[&secure[..], &["get", "k"]].concat());
+    assert_eq!(text(&out.stdout), "v\n");
+    // TLS but no token: refused, and the message does not leak the token.
+    let out = ramkv(&addr, &["--tls-ca", &f("ca.pem"), "get", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not authenticated") && !err.contains("cli-secret"),
+        "{err}"
+    );
+
+    let target = format!("ramkv://{addr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ramkv-bench"))
+        .args([
+            "--target",
+            &target,
+            "--rate",
+            "500",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+            "--json",
+        ])
+        .args(secure)
+        .output()
+        .unwrap();
+    let json = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        json.contains("\"errors\":0,") && json.contains("\"timeouts\":0,"),
+        "{json}"
+    );
+    srv.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}

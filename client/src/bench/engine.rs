@@ -26,9 +26,10 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
 
 use super::dist::{KeyDist, ServiceDist, SizeDist, poisson_gap_ns};
 use super::protocol::{self, Kind, Operation, Target};
@@ -58,7 +59,7 @@ pub enum Mode {
 }
 
 /// How to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunConfig {
     pub target: Target,
     pub connections: usize,
@@ -76,6 +77,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// ramkv's shared secret, sent as AUTH on every connection first.
     pub auth_token: Option<Vec<u8>>,
+    /// Connect with TLS (ramkv targets).
+    pub tls: Option<TlsConnector>,
     pub seed: u64,
 }
 
@@ -258,6 +261,9 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
             "--service needs ramkv's SPIN op; memcache and redis targets cannot run it".into(),
         );
     }
+    if cfg.tls.is_some() && cfg.target.kind != Kind::Ramkv {
+        return Err("--tls-ca applies to ramkv targets only".into());
+    }
     if cfg.connections == 0 || cfg.threads == 0 {
         return Err("--connections and --threads must be at least 1".into());
     }
@@ -410,7 +416,7 @@ fn generator_thread(
         let mut streams = Vec::new();
         let mut failure = None;
         for _ in &weights {
-            match connect(&cfg.target, cfg.auth_token.as_deref()).await {
+            match connect(&cfg.target, cfg.auth_token.as_deref(), cfg.tls.as_ref()).await {
                 Ok(s) => streams.push(s),
                 Err(e) => {
                     failure = Some(e);
@@ -459,7 +465,7 @@ fn generator_thread(
             .collect();
         let mut tasks = Vec::new();
         for (stream, conn) in streams.into_iter().zip(&conns) {
-            let (rd, wr) = stream.into_split();
+            let Link { rd, wr } = stream;
             tasks.push(tokio::task::spawn_local(writer(conn.clone(), wr)));
             tasks.push(tokio::task::spawn_local(reader(
                 conn.clone(),
@@ -539,7 +545,7 @@ async fn schedule_open(st: &ThreadState, conns: &[Rc<Conn>], weights: &[f64], ra
     }
 }
 
-async fn writer(conn: Rc<Conn>, mut wr: tokio::net::tcp::OwnedWriteHalf) {
+async fn writer(conn: Rc<Conn>, mut wr: Box<dyn AsyncWrite + Unpin + Send>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         conn.wake.notified().await;
@@ -555,7 +561,7 @@ async fn writer(conn: Rc<Conn>, mut wr: tokio::net::tcp::OwnedWriteHalf) {
     }
 }
 
-async fn reader(conn: Rc<Conn>, mut rd: tokio::net::tcp::OwnedReadHalf, st: Rc<ThreadState>) {
+async fn reader(conn: Rc<Conn>, mut rd: Box<dyn AsyncRead + Unpin + Send>, st: Rc<ThreadState>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         if buf.capacity() - buf.len() < 16 * 1024 {
@@ -593,11 +599,32 @@ async fn reader(conn: Rc<Conn>, mut rd: tokio::net::tcp::OwnedReadHalf, st: Rc<T
 }
 
 /// Connects to `target` and, for ramkv with a token, authenticates.
-pub async fn connect(target: &Target, token: Option<&[u8]>) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(&target.addr)
+pub async fn connect(
+    target: &Target,
+    token: Option<&[u8]>,
+    tls: Option<&TlsConnector>,
+) -> Result<Link, String> {
+    let tcp = TcpStream::connect(&target.addr)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", target.addr))?;
-    let _ = s.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut s = match tls {
+        Some(connector) => {
+            let (rd, wr) =
+                tokio::io::split(crate::tls::handshake(connector, &target.addr, tcp).await?);
+            Link {
+                rd: Box::new(rd),
+                wr: Box::new(wr),
+            }
+        }
+        None => {
+            let (rd, wr) = tcp.into_split();
+            Link {
+                rd: Box::new(rd),
+                wr: Box::new(wr),
+            }
+        }
+    };
     if let (Some(token), Kind::Ramkv) = (token, target.kind) {
         let req = crate::proto::Request {
             id: 1,
@@ -608,13 +635,15 @@ pub async fn connect(target: &Target, token: Option<&[u8]>) -> Result<TcpStream,
         let mut out = BytesMut::new();
         bytes::BufMut::put_u32(&mut out, prost::Message::encoded_len(&req) as u32);
         let _ = prost::Message::encode(&req, &mut out);
-        s.write_all(&out).await.map_err(|e| format!("auth: {e}"))?;
+        s.wr.write_all(&out)
+            .await
+            .map_err(|e| format!("auth: {e}"))?;
         let mut header = [0u8; 4];
-        s.read_exact(&mut header)
+        s.rd.read_exact(&mut header)
             .await
             .map_err(|e| format!("auth: {e}"))?;
         let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-        s.read_exact(&mut body)
+        s.rd.read_exact(&mut body)
             .await
             .map_err(|e| format!("auth: {e}"))?;
         let resp: crate::proto::Response =
@@ -626,20 +655,28 @@ pub async fn connect(target: &Target, token: Option<&[u8]>) -> Result<TcpStream,
     Ok(s)
 }
 
+/// Both directions of one connection, plain or TLS.
+pub struct Link {
+    pub rd: Box<dyn AsyncRead + Unpin + Send>,
+    pub wr: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
 /// Stores every key once, so GETs hit. Pipelines `window` SETs per connection.
 pub async fn preload(
     target: &Target,
     wl: &Workload,
     connections: usize,
     token: Option<&[u8]>,
+    tls: Option<&TlsConnector>,
 ) -> Result<(), String> {
     let window = 256u64;
     let mut tasks = tokio::task::JoinSet::new();
     let connections = connections.clamp(1, 8) as u64;
     for c in 0..connections {
         let (target, wl, token) = (target.clone(), wl.clone(), token.map(<[u8]>::to_vec));
+        let tls = tls.cloned();
         tasks.spawn(async move {
-            let mut s = connect(&target, token.as_deref())
+            let mut s = connect(&target, token.as_deref(), tls.as_ref())
                 .await
                 .map_err(|e| format!("preload: {e}"))?;
             let values = Bytes::from(vec![b'x'; wl.value_size.max().max(1)]);
@@ -661,7 +698,7 @@ pub async fn preload(
                         &mut out,
                     );
                 }
-                s.write_all(&out)
+                s.wr.write_all(&out)
                     .await
                     .map_err(|e| format!("preload: {e}"))?;
                 out.clear();
@@ -678,7 +715,8 @@ pub async fn preload(
                             );
                         }
                         None => {
-                            if s.read_buf(&mut inb)
+                            if s.rd
+                                .read_buf(&mut inb)
                                 .await
                                 .map_err(|e| format!("preload: {e}"))?
                                 == 0

@@ -97,6 +97,9 @@ struct Args {
     /// Authenticate every ramkv connection with the token in this file.
     #[arg(long)]
     auth_token_file: Option<std::path::PathBuf>,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// No progress line every second.
     #[arg(long)]
     quiet: bool,
@@ -246,6 +249,12 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
             .as_deref()
             .map(ramkv_client::read_token)
             .transpose()?,
+        tls: args
+            .tls_ca
+            .as_deref()
+            .map(ramkv_client::tls::connector)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     };
     engine::check(&cfg, &wl).map_err(anyhow::Error::msg)?;
     Ok((cfg, wl))
@@ -334,6 +343,7 @@ fn main() -> anyhow::Result<()> {
             &wl,
             cfg.connections,
             cfg.auth_token.as_deref(),
+            cfg.tls.as_ref(),
         ))
         .map_err(anyhow::Error::msg)?;
         if !args.json {

@@ -20,6 +20,9 @@ struct Cli {
     /// Authenticate with the token in this file.
     #[arg(long)]
     auth_token_file: Option<std::path::PathBuf>,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -66,6 +69,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let opts = ClientOptions {
         timeout: Duration::from_millis(cli.timeout_ms),
+        auth_token_file: cli.auth_token_file.clone(),
+        tls_ca: cli.tls_ca.clone(),
         ..Default::default()
     };
     let client = Client::connect_with(cli.server.as_str(), opts).await?;

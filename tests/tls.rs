@@ -1,0 +1,174 @@
+//! TLS: a working round trip, mismatched ends, and certificates a client
+//! must refuse. Certificates are made fresh for each test with rcgen.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ramkv_client::{Client, ClientOptions, Error};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// A CA and a server certificate it signed, as PEM files in a fresh directory.
+struct Pki {
+    dir: PathBuf,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+impl Pki {
+    /// `expired`: the server certificate's validity ended in 2021.
+    /// `foreign`: it was signed by a CA other than the one in `ca.pem`.
+    fn new(tag: &str, expired: bool, foreign: bool) -> Pki {
+        let dir = std::env::temp_dir().join(format!("ramkv-tls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let trusted = ca("ramkv test CA");
+        let signer = if foreign {
+            ca("someone else's CA")
+        } else {
+            ca("unused")
+        };
+        let issuer = if foreign { &signer } else { &trusted };
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), trusted.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_server(pki: &Pki, arch: ramkv::Arch) -> ramkv::ServerHandle {
+    common::server(|c| {
+        c.arch = arch;
+        c.tls_cert = Some(pki.path("server.pem"));
+        c.tls_key = Some(pki.path("server.key"));
+    })
+}
+
+fn tls_opts(ca: &Path) -> ClientOptions {
+    ClientOptions {
+        tls_ca: Some(ca.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_round_trip_in_lb_and_inline() {
+    let pki = Pki::new("ok", false, false);
+    for arch in [ramkv::Arch::Lb, ramkv::Arch::Inline] {
+        let srv = tls_server(&pki, arch);
+        let c = Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem")))
+            .await
+            .unwrap();
+        let v = c.put("secret", "sauce").await.unwrap();
+        let e = c.get("secret").await.unwrap().unwrap();
+        assert_eq!((e.value, e.version), ("sauce".into(), v), "{arch:?}");
+        // Pipelined calls over TLS still match their replies.
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.put(format!("k{i}"), format!("{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        srv.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_against_a_plain_server_fails_cleanly() {
+    let pki = Pki::new("plain-server", false, false);
+    let srv = common::server(|_| {});
+    match Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem"))).await {
+        Err(Error::Connect { message, .. }) => assert!(message.contains("TLS"), "{message}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a TLS client must not talk to a plain server"),
+    }
+    // The plain server shrugged it off.
+    Client::connect(srv.local_addr())
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_client_against_a_tls_server_is_closed() {
+    let pki = Pki::new("tls-server", false, false);
+    let srv = tls_server(&pki, ramkv::Arch::Lb);
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    assert!(
+        matches!(c.ping().await, Err(Error::Closed(_))),
+        "plain bytes must not reach the protocol"
+    );
+    let ok = Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem")))
+        .await
+        .unwrap();
+    ok.ping().await.unwrap();
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_untrusted_certificates_are_refused() {
+    for (tag, expired, foreign, why) in [
+        ("expired", true, false, "expired"),
+        ("foreign", false, true, "issuer"),
+    ] {
+        let pki = Pki::new(tag, expired, foreign);
+        let srv = tls_server(&pki, ramkv::Arch::Lb);
+        match Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem"))).await {
+            Err(Error::Connect { message, .. }) => {
+                assert!(message.to_lowercase().contains(why), "{tag}: {message}")
+            }
+            Err(other) => panic!("{tag}: {other:?}"),
+            Ok(_) => panic!("{tag}: the certificate was accepted"),
+        }
+        srv.shutdown();
+    }
+}
+
+#[test]
+fn tls_needs_both_files_and_a_dispatcher_architecture() {
+    let mut cfg = ramkv::Config::for_tests();
+    cfg.tls_cert = Some("x.pem".into());
+    assert!(cfg.validate().unwrap_err().contains("--tls-key"));
+    cfg.tls_key = Some("x.key".into());
+    cfg.arch = ramkv::Arch::ThreadPerConn;
+    assert!(cfg.validate().unwrap_err().contains("thread-per-conn"));
+    cfg.arch = ramkv::Arch::Lb;
+    match ramkv::start(&cfg) {
+        Err(e) => assert!(e.to_string().contains("TLS certificate"), "{e}"),
+        Ok(_) => panic!("missing certificate files must stop the start"),
+    }
+}
