@@ -399,6 +399,31 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_task_does_not_kill_its_worker() {
+        let metrics = Arc::new(Metrics::new(1, 1));
+        let (tx, rx) = mpsc::channel::<u32>();
+        let tx = Mutex::new(tx);
+        let cfg = PoolConfig {
+            workers: 1,
+            spin: Duration::ZERO,
+            cores: vec![],
+        };
+        let pool = WorkerPool::start(cfg, metrics, move |t: u32, _: &WorkerCtx| {
+            assert_ne!(t, 0, "task 0 panics on purpose");
+            let _ = tx.lock().unwrap().send(t);
+        })
+        .unwrap();
+        pool.queue().push(0);
+        pool.queue().push(1);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Ok(1),
+            "the only worker died"
+        );
+        pool.shutdown();
+    }
+
+    #[test]
     fn shutdown_drains_queued_tasks() {
         let metrics = Arc::new(Metrics::new(2, 1));
         let count = Arc::new(AtomicUsize::new(0));

@@ -80,19 +80,7 @@ impl Service {
     pub fn execute(&self, req: Request, stats: &ExecStats) -> Response {
         let id = req.id;
         let op = op_index(req.op.as_ref());
-        let mut resp = match catch_unwind(AssertUnwindSafe(|| self.run(req))) {
-            Ok(Ok(r)) => r,
-            Ok(Err(Reject(status, msg))) => error_response(id, status, msg),
-            Err(_) => {
-                tracing::error!(id, "request handler panicked");
-                error_response(
-                    id,
-                    Status::Internal,
-                    "internal error while executing the request",
-                )
-            }
-        };
-        resp.id = id;
+        let resp = guarded(id, || self.run(req));
         stats.count(op, resp.status);
         resp
     }
@@ -299,10 +287,49 @@ impl Service {
     }
 }
 
+/// Runs one request body; a rejection becomes its error reply and a panic
+/// an INTERNAL one, so the calling thread always gets a reply to send.
+fn guarded(id: u64, body: impl FnOnce() -> Result<Response, Reject>) -> Response {
+    let mut resp = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(r)) => r,
+        Ok(Err(Reject(status, msg))) => error_response(id, status, msg),
+        Err(_) => {
+            tracing::error!(id, "request handler panicked");
+            error_response(
+                id,
+                Status::Internal,
+                "internal error while executing the request",
+            )
+        }
+    };
+    resp.id = id;
+    resp
+}
+
 /// Busy-waits, as a CPU-bound request would.
 fn spin_for(d: Duration) {
     let start = Instant::now();
     while start.elapsed() < d {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_becomes_an_internal_reply() {
+        let resp = guarded(42, || panic!("bug in a handler"));
+        assert_eq!((resp.id, resp.status), (42, Status::Internal as i32));
+        assert!(
+            !resp.message.contains("bug in a handler"),
+            "internals stay in the log"
+        );
+        let resp = guarded(7, || Err(Reject(Status::TooLarge, "big".into())));
+        assert_eq!(
+            (resp.id, resp.status, resp.message.as_str()),
+            (7, Status::TooLarge as i32, "big")
+        );
     }
 }
