@@ -200,12 +200,7 @@ fn start_connection(stream: TcpStream, index: usize, shared: &Arc<Shared>, track
     if shared.open_connections.fetch_add(1, Relaxed) >= shared.max_connections {
         shared.open_connections.fetch_sub(1, Relaxed);
         shared.metrics.connections_rejected.fetch_add(1, Relaxed);
-        let mut frame = BytesMut::new();
-        let msg = format!(
-            "too many connections (limit {}); try again later",
-            shared.max_connections
-        );
-        wire::encode_response(&error_response(0, Status::Overloaded, msg), &mut frame);
+        let frame = wire::too_many_connections_frame(shared.max_connections);
         // Best effort: a fresh socket's send buffer takes a small frame at once.
         let _ = stream.try_write(&frame);
         return;

@@ -148,15 +148,12 @@ impl Service {
                 self.check_value(&p.value)?;
                 match self.store.put(&p.key, &p.value, p.expected_version) {
                     Ok(version) => ok(Res::Put(pb::PutResult { version })),
-                    Err(StoreError::VersionMismatch { current }) => Ok(Response {
-                        status: Status::VersionMismatch as i32,
-                        message: format!(
-                            "expected version {}, current is {current}",
-                            p.expected_version.unwrap_or(0)
-                        ),
-                        result: Some(Res::Put(pb::PutResult { version: current })),
-                        id: req.id,
-                    }),
+                    Err(StoreError::VersionMismatch { current }) => Ok(version_mismatch(
+                        req.id,
+                        p.expected_version,
+                        current,
+                        Res::Put(pb::PutResult { version: current }),
+                    )),
                     Err(e @ StoreError::OutOfMemory { .. }) => {
                         Err(Reject(Status::OutOfMemory, e.to_string()))
                     }
@@ -167,15 +164,12 @@ impl Service {
                 match self.store.delete(&d.key, d.expected_version) {
                     Ok(Some(version)) => ok(Res::Delete(pb::DeleteResult { version })),
                     Ok(None) => Ok(error_response(req.id, Status::NotFound, "")),
-                    Err(StoreError::VersionMismatch { current }) => Ok(Response {
-                        status: Status::VersionMismatch as i32,
-                        message: format!(
-                            "expected version {}, current is {current}",
-                            d.expected_version.unwrap_or(0)
-                        ),
-                        result: Some(Res::Delete(pb::DeleteResult { version: current })),
-                        id: req.id,
-                    }),
+                    Err(StoreError::VersionMismatch { current }) => Ok(version_mismatch(
+                        req.id,
+                        d.expected_version,
+                        current,
+                        Res::Delete(pb::DeleteResult { version: current }),
+                    )),
                     Err(e) => Err(Reject(Status::Internal, e.to_string())),
                 }
             }
@@ -284,6 +278,20 @@ impl Service {
             .into_iter()
             .map(|(name, value)| pb::Metric { name, value })
             .collect()
+    }
+}
+
+/// A VERSION_MISMATCH reply; `current` (inside `result`) tells the client
+/// what to retry its compare-and-set with.
+fn version_mismatch(id: u64, expected: Option<u64>, current: u64, result: Res) -> Response {
+    Response {
+        id,
+        status: Status::VersionMismatch as i32,
+        message: format!(
+            "expected version {}, current is {current}",
+            expected.unwrap_or(0)
+        ),
+        result: Some(result),
     }
 }
 

@@ -90,6 +90,14 @@ pub fn error_response(id: u64, status: Status, message: impl Into<String>) -> Re
     }
 }
 
+/// The frame a connection past `--max-connections` gets before it is closed.
+pub fn too_many_connections_frame(limit: usize) -> BytesMut {
+    let mut frame = BytesMut::new();
+    let msg = format!("too many connections (limit {limit}); try again later");
+    encode_response(&error_response(0, Status::Overloaded, msg), &mut frame);
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::Shutdown;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{Raw, frame, server};
 use ramkv::wire::pb::{self, request::Op};
@@ -160,39 +160,13 @@ fn random_byte_streams_never_take_the_server_down() {
 
 #[test]
 fn sigterm_finishes_requests_in_flight_and_exits_zero() {
-    let child = Command::new(env!("CARGO_BIN_EXE_ramkv-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--log-level",
-            "warn",
-        ])
-        .args(["--enable-spin-op", "--spin-op-max-us", "100000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server binary starts");
-    // Kills the server if an assertion fails first, so nothing is left running.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = KillOnDrop(child);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("listening line")
-        .parse()
-        .unwrap();
+    let (mut child, addr) = common::spawn_server(&[
+        "--workers",
+        "1",
+        "--enable-spin-op",
+        "--spin-op-max-us",
+        "100000",
+    ]);
 
     // Ten 100 ms requests in one write; one worker runs them one by one.
     let mut raw = Raw::connect(addr);

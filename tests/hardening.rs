@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{HANG_GUARD, Raw, frame, server};
+use common::{HANG_GUARD, Raw, frame, server, spawn_server};
 use ramkv::Arch;
 use ramkv::wire::pb::{self, request::Op};
 use ramkv::wire::{Request, Status};
@@ -182,36 +182,6 @@ fn admin_endpoint_serves_prometheus_metrics() {
     srv.shutdown();
 }
 
-/// A server process, killed if the test fails first.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_server(args: &[&str]) -> (Proc, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ramkv-server"))
-        .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "warn"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server binary starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("listening line")
-        .parse()
-        .unwrap();
-    (Proc(child), addr)
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -372,6 +342,59 @@ fn clients_vanishing_mid_frame_leave_the_server_serving() {
         raw.recv().unwrap().status,
         Status::NotFound as i32,
         "a half-sent put must not be applied"
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn the_in_flight_cap_stops_reading_instead_of_queueing() {
+    // Cap 2, one worker: of 12 slow requests sent at once, at most 2 are
+    // ever inside the server, so the queue never holds more than 2 (without
+    // the cap it would hold 11). The rest wait in TCP buffers, and every one
+    // is still answered. The depth is read from /metrics, whose thread does
+    // not queue behind the slow requests as a STATS request would.
+    let srv = server(|c| {
+        c.workers = Some(1);
+        c.max_in_flight = 2;
+        c.enable_spin_op = true;
+        c.admin = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let admin = srv.admin_addr().unwrap();
+    let depth = || -> u64 {
+        let text = http_get(admin, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ramkv_queue_depth "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let mut raw = Raw::connect(srv.local_addr());
+    let mut burst = Vec::new();
+    for id in 1..=12 {
+        burst.extend(frame(&Request {
+            id,
+            op: Some(Op::Spin(pb::Spin { nanos: 5_000_000 })),
+        }));
+    }
+    raw.send_bytes(&burst);
+    let reader = std::thread::spawn(move || {
+        (1..=12)
+            .map(|_| raw.recv().expect("reply").status)
+            .collect::<Vec<_>>()
+    });
+    let mut max_depth = 0;
+    while !reader.is_finished() {
+        max_depth = max_depth.max(depth());
+    }
+    assert!(
+        max_depth <= 2,
+        "queue depth reached {max_depth} with a cap of 2 in flight"
+    );
+    assert!(
+        reader
+            .join()
+            .unwrap()
+            .iter()
+            .all(|&s| s == Status::Ok as i32)
     );
     srv.shutdown();
 }

@@ -398,3 +398,36 @@ fn echo_baseline_target_round_trips() {
     assert_eq!((r.errors, r.timeouts), (0, 0));
     assert!(r.completed > 300, "{}", r.completed);
 }
+
+#[test]
+fn slo_search_reports_the_highest_rate_that_meets_it() {
+    // The stalling fixture answers at once except for one 200 ms stall, so
+    // p99 ≤ 100 ms holds at low rates: the search must report a rate.
+    let target = stalling_server();
+    let out = Command::new(env!("CARGO_BIN_EXE_ramkv-bench"))
+        .args([
+            "--target",
+            &target,
+            "--slo",
+            "p99:100ms",
+            "--rate",
+            "200",
+            "--connections",
+            "1",
+        ])
+        .args(["--duration", "300ms", "--warmup", "50ms", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("probe") && log.contains("meets"), "{log}");
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.contains("\"offered_rate\":") && json.contains("\"errors\":0"),
+        "{json}"
+    );
+}

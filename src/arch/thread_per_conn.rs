@@ -106,12 +106,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
         let Ok(mut stream) = stream else { continue };
         if stats.connections_open.load(Relaxed) as usize >= ctx.max_connections {
             ctx.metrics.connections_rejected.fetch_add(1, Relaxed);
-            let mut frame = BytesMut::new();
-            let msg = format!(
-                "too many connections (limit {}); try again later",
-                ctx.max_connections
-            );
-            wire::encode_response(&error_response(0, Status::Overloaded, msg), &mut frame);
+            let frame = wire::too_many_connections_frame(ctx.max_connections);
             let _ = stream.write_all(&frame);
             continue;
         }

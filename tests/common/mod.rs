@@ -2,8 +2,9 @@
 //! for sending exactly the bytes a test needs.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -72,4 +73,36 @@ pub fn frame(msg: &impl Message) -> Vec<u8> {
 /// Looks up one STATS figure by exact name.
 pub fn stat(stats: &[(String, u64)], name: &str) -> u64 {
     stats.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+}
+
+/// A `ramkv-server` process, killed if the test ends before it exits.
+pub struct ServerProcess(pub Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the server binary on an ephemeral loopback port with `args`, and
+/// returns once it has printed the address it listens on.
+pub fn spawn_server(args: &[&str]) -> (ServerProcess, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramkv-server"))
+        .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "warn"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server binary starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("listening line")
+        .parse()
+        .unwrap();
+    (ServerProcess(child), addr)
 }

@@ -45,45 +45,46 @@ impl From<&RunResult> for Summary {
 }
 
 impl Summary {
-    /// One JSON object (no external serializer needed for flat numbers).
-    pub fn json(&self) -> String {
-        format!(
-            "{{\"offered_rate\":{:.1},\"achieved_rate\":{:.1},\"errors\":{},\"timeouts\":{},\"p50_us\":{:.2},\"p90_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"p9999_us\":{:.2},\"max_us\":{:.2},\"generator_late\":{},\"generator_late_p99_us\":{:.2},\"generator_cpu\":{:.3}}}",
-            self.offered_rate,
-            self.achieved_rate,
-            self.errors,
-            self.timeouts,
-            self.p50_us,
-            self.p90_us,
-            self.p99_us,
-            self.p999_us,
-            self.p9999_us,
-            self.max_us,
-            self.generator_late,
-            self.late_p99_us,
-            self.generator_cpu
-        )
+    /// Every field, named, formatted once for both JSON and CSV.
+    fn fields(&self) -> [(&'static str, String); 13] {
+        [
+            ("offered_rate", format!("{:.1}", self.offered_rate)),
+            ("achieved_rate", format!("{:.1}", self.achieved_rate)),
+            ("errors", self.errors.to_string()),
+            ("timeouts", self.timeouts.to_string()),
+            ("p50_us", format!("{:.2}", self.p50_us)),
+            ("p90_us", format!("{:.2}", self.p90_us)),
+            ("p99_us", format!("{:.2}", self.p99_us)),
+            ("p999_us", format!("{:.2}", self.p999_us)),
+            ("p9999_us", format!("{:.2}", self.p9999_us)),
+            ("max_us", format!("{:.2}", self.max_us)),
+            ("generator_late", self.generator_late.to_string()),
+            ("generator_cpu", format!("{:.3}", self.generator_cpu)),
+            ("generator_late_p99_us", format!("{:.2}", self.late_p99_us)),
+        ]
     }
 
+    /// One JSON object (no external serializer needed for flat numbers).
+    pub fn json(&self) -> String {
+        let body: Vec<String> = self
+            .fields()
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    /// The CSV columns, in the order of [`Summary::csv_row`].
     pub const CSV_HEADER: &'static str = "offered_rate,achieved_rate,errors,timeouts,p50_us,p90_us,p99_us,p999_us,p9999_us,max_us,generator_late,generator_cpu";
 
-    /// One CSV row matching [`Summary::CSV_HEADER`].
+    /// One CSV row matching [`Summary::CSV_HEADER`] (the first 12 fields).
     pub fn csv_row(&self) -> String {
-        format!(
-            "{:.1},{:.1},{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{:.3}",
-            self.offered_rate,
-            self.achieved_rate,
-            self.errors,
-            self.timeouts,
-            self.p50_us,
-            self.p90_us,
-            self.p99_us,
-            self.p999_us,
-            self.p9999_us,
-            self.max_us,
-            self.generator_late,
-            self.generator_cpu
-        )
+        let f = self.fields();
+        f[..12]
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Parses a row written by [`Summary::csv_row`].
@@ -321,6 +322,9 @@ mod tests {
     #[test]
     fn csv_round_trips_and_svg_draws_every_series() {
         let s = sample(1000.0, 50.0);
+        let header: Vec<&str> = Summary::CSV_HEADER.split(',').collect();
+        let names: Vec<&str> = s.fields()[..12].iter().map(|(k, _)| *k).collect();
+        assert_eq!(header, names, "the CSV header names the CSV fields");
         assert_eq!(Summary::from_csv_row(&s.csv_row()).unwrap().p99_us, 50.0);
         let svg = svg_plot(
             "t <1>",
