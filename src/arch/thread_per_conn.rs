@@ -147,14 +147,20 @@ fn serve(mut stream: TcpStream, id: u64, ctx: &Ctx) -> io::Result<()> {
     let mut wbuf = BytesMut::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut authed = !ctx.auth.required();
+    let mut timeout_is_frame: Option<bool> = None;
     loop {
         // Idle connections get the idle timeout; a half-read frame the frame timeout.
         let partial = !rbuf.is_empty();
-        stream.set_read_timeout(Some(if partial {
-            ctx.limits.frame_timeout
-        } else {
-            ctx.limits.idle_timeout
-        }))?;
+        // A syscall, so only when the kind of wait changes.
+        if timeout_is_frame != Some(partial) {
+            let t = if partial {
+                ctx.limits.frame_timeout
+            } else {
+                ctx.limits.idle_timeout
+            };
+            stream.set_read_timeout(Some(t))?;
+            timeout_is_frame = Some(partial);
+        }
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
             Err(e)
