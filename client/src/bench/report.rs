@@ -179,7 +179,8 @@ pub fn svg_plot(title: &str, series: &[Series]) -> String {
         ymax.log10().ceil().max(ymin.log10().floor() + 1.0),
     );
     let x = |v: f64| left + v / xmax * (w - left - right);
-    let y = |v: f64| top + (lmax - v.max(ymin).log10()) / (lmax - lmin) * (h - top - bottom);
+    let floor = 10f64.powf(lmin);
+    let y = |v: f64| top + (lmax - v.max(floor).log10()) / (lmax - lmin) * (h - top - bottom);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -340,6 +341,18 @@ mod tests {
             ],
         );
         assert_eq!(svg.matches("<polyline").count(), 4);
+        // Each decade tick sits at its own height (they once collapsed onto
+        // the smallest data point).
+        let ticks: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains("stroke=\"#ddd\""))
+            .map(|l| l.split("y1=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = ticks.iter().collect();
+        assert!(
+            ticks.len() >= 2 && distinct.len() == ticks.len(),
+            "{ticks:?}"
+        );
         assert!(svg.contains("t &lt;1&gt;") && svg.ends_with("</svg>\n"));
     }
 }
