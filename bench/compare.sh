@@ -8,7 +8,8 @@
 # the same offered rates (fractions of lb's peak) against every system:
 # ramkv in each --arch, memcached (-t = server cores) and redis-server.
 # Environment overrides: BIN (release binaries), MEMCACHED, REDIS, WORKLOADS,
-# DURATION, WARMUP, SLO_US, MACHINE.
+# DURATION, WARMUP, SLO_US, MACHINE, NAME (the results file's name, for runs
+# split by WORKLOADS across several calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ WORKLOADS=${WORKLOADS:-"uniform hot-conns bimodal bimodal-50 large"}
 FRACTIONS=(0.1 0.3 0.5 0.7 0.9 1.0 1.1 1.3)
 date=$(date -u +%F)
 machine=${MACHINE:-$(nproc)core}
-name="$date-$machine"
+name=${NAME:-$date-$machine}
 out="bench/results/$name"
 md="bench/results/$name.md"
 mkdir -p "$out"
