@@ -179,13 +179,6 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         ),
         _ => None,
     };
-    let admin = match cfg.admin {
-        Some(addr) => Some(
-            Admin::start(addr, service.clone())
-                .map_err(io_err(format!("cannot serve --admin on {addr}")))?,
-        ),
-        None => None,
-    };
 
     let first = bind(cfg.listen, cfg.reuseport)
         .map_err(io_err(format!("cannot listen on {}", cfg.listen)))?;
@@ -203,15 +196,48 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
             cfg.max_connections,
         )
         .map_err(io_err("cannot start the acceptor thread"))?;
-        return Ok(ServerHandle {
+        let handle = ServerHandle {
             addr,
             shutdown: CancellationToken::new(),
             dispatchers: vec![],
             pool: None,
             thread_per_conn: Some(t),
-            admin,
+            admin: None,
             service,
+        };
+        return with_admin(handle, cfg);
+    }
+
+    // Where each dispatcher's connections come from. Every socket is bound
+    // before any thread starts, so a failed bind leaves nothing running.
+    let (senders, inboxes): (Vec<_>, Vec<_>) =
+        (0..dispatchers).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut listeners = Vec::with_capacity(dispatchers);
+    if cfg.reuseport {
+        listeners.push(Listener::Accept(first));
+        for _ in 1..dispatchers {
+            let l = bind(addr, true).map_err(io_err(format!(
+                "cannot add a SO_REUSEPORT listener on {addr}"
+            )))?;
+            listeners.push(Listener::Accept(l));
+        }
+    } else if cfg.arch == Arch::Inline {
+        // Several acceptors on one shared socket.
+        for _ in 1..dispatchers {
+            listeners.push(Listener::Accept(
+                first
+                    .try_clone()
+                    .map_err(io_err("cannot share the listening socket"))?,
+            ));
+        }
+        listeners.push(Listener::Accept(first));
+    } else {
+        // One acceptor deals connections to every dispatcher.
+        listeners.push(Listener::Distribute {
+            listener: first,
+            peers: senders.clone(),
         });
+        listeners.extend((1..dispatchers).map(|_| Listener::Handoff));
     }
 
     let (dispatcher_cores, worker_cores) = plan_cores(cfg, dispatchers, workers);
@@ -263,50 +289,38 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
         drain_timeout: cfg.drain_timeout,
     });
 
-    // Where each dispatcher's connections come from.
-    let (senders, inboxes): (Vec<_>, Vec<_>) =
-        (0..dispatchers).map(|_| mpsc::unbounded_channel()).unzip();
-    let mut listeners = Vec::with_capacity(dispatchers);
-    if cfg.reuseport {
-        listeners.push(Listener::Accept(first));
-        for _ in 1..dispatchers {
-            let l = bind(addr, true).map_err(io_err(format!(
-                "cannot add a SO_REUSEPORT listener on {addr}"
-            )))?;
-            listeners.push(Listener::Accept(l));
-        }
-    } else if cfg.arch == Arch::Inline {
-        // Several acceptors on one shared socket.
-        for _ in 1..dispatchers {
-            listeners.push(Listener::Accept(
-                first
-                    .try_clone()
-                    .map_err(io_err("cannot share the listening socket"))?,
-            ));
-        }
-        listeners.push(Listener::Accept(first));
-    } else {
-        // One acceptor deals connections to every dispatcher.
-        listeners.push(Listener::Distribute {
-            listener: first,
-            peers: senders.clone(),
-        });
-        listeners.extend((1..dispatchers).map(|_| Listener::Handoff));
-    }
-
     let mut threads = Vec::with_capacity(dispatchers);
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let t = dispatcher::spawn(i, shared.clone(), listener, inbox, dispatcher_cores[i])
             .map_err(io_err("cannot start a dispatcher thread"))?;
         threads.push(t);
     }
-    Ok(ServerHandle {
+    let handle = ServerHandle {
         addr,
         shutdown: shared.shutdown.clone(),
         dispatchers: threads,
         pool,
         thread_per_conn: None,
-        admin,
+        admin: None,
         service,
-    })
+    };
+    with_admin(handle, cfg)
+}
+
+/// Starts the admin endpoint last; if it cannot start, stops everything
+/// else, so a failed start leaves nothing running.
+fn with_admin(mut handle: ServerHandle, cfg: &Config) -> Result<ServerHandle, StartError> {
+    if let Some(addr) = cfg.admin {
+        match Admin::start(addr, handle.service.clone()) {
+            Ok(admin) => handle.admin = Some(admin),
+            Err(source) => {
+                handle.shutdown();
+                return Err(StartError::Io {
+                    context: format!("cannot serve --admin on {addr}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(handle)
 }

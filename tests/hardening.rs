@@ -398,3 +398,27 @@ fn the_in_flight_cap_stops_reading_instead_of_queueing() {
     );
     srv.shutdown();
 }
+
+#[test]
+fn a_failed_start_leaves_nothing_running() {
+    // The admin address is taken, so the start fails, after the listener
+    // and the workers were already up. They must be gone again: the same
+    // port can be listened on at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = ramkv::Config::for_tests();
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.admin = Some(taken.local_addr().unwrap());
+    match ramkv::start(&cfg) {
+        Err(e) => assert!(e.to_string().contains("--admin"), "{e}"),
+        Ok(_) => panic!("started with its admin address taken"),
+    }
+    cfg.admin = None;
+    let srv = ramkv::start(&cfg).expect("the failed start released its port");
+    ping_ok(&mut Raw::connect(srv.local_addr()), 1);
+    srv.shutdown();
+}
