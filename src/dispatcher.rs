@@ -35,9 +35,13 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Per-connection limits.
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
+    /// Largest frame accepted (`--max-frame`); a larger prefix closes the connection.
     pub max_frame: usize,
+    /// Requests in flight at which the connection stops being read.
     pub max_in_flight: usize,
+    /// Reply bytes waiting at which the connection stops being read.
     pub max_outbound: usize,
+    /// How long a reply write may block before the client is dropped.
     pub write_timeout: Duration,
     /// Close a connection idle (nothing read, nothing in flight) this long.
     pub idle_timeout: Duration,
@@ -72,9 +76,13 @@ pub fn frame_timeout_response(t: Duration) -> crate::wire::Response {
 
 /// What every dispatcher shares.
 pub struct Shared {
+    /// Per-connection limits.
     pub limits: ConnLimits,
+    /// Counters, with one slot per dispatcher.
     pub metrics: Arc<Metrics>,
+    /// Runs or queues decoded requests: the architecture.
     pub executor: Arc<dyn Executor>,
+    /// Decides whether a connection may send requests yet.
     pub auth: Authenticator,
     /// Set when connections must start with a TLS handshake.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -82,7 +90,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connections open across all dispatchers, checked against `max_connections`.
     pub open_connections: AtomicUsize,
+    /// `--max-connections`.
     pub max_connections: usize,
+    /// How long shutdown waits for connections to drain.
     pub drain_timeout: Duration,
 }
 
@@ -94,7 +104,9 @@ pub enum Listener {
     /// This dispatcher accepts for all and deals connections round-robin to
     /// the dispatchers behind `peers` (itself included, at its own index).
     Distribute {
+        /// The one listening socket.
         listener: std::net::TcpListener,
+        /// Every dispatcher's inbox, indexed by dispatcher.
         peers: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
     },
     /// Connections arrive only from the distributing dispatcher.

@@ -28,6 +28,8 @@
 //!   [`tls`]: optional TLS, terminated on the dispatchers.
 //! - [`server`]: assembles and starts it all, and shuts it down gracefully.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod arch;
 pub mod auth;

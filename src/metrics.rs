@@ -135,7 +135,9 @@ pub struct DispatcherStats {
     pub connections_total: AtomicU64,
     /// Connections it serves now.
     pub connections_open: AtomicU64,
+    /// Bytes read from clients (frames, partial frames and garbage alike).
     pub bytes_in: AtomicU64,
+    /// Bytes of replies written to clients.
     pub bytes_out: AtomicU64,
     /// Time spent handling connection events (reading, framing, decoding,
     /// writing), as opposed to waiting for them: its load.

@@ -166,6 +166,7 @@ pub struct WorkerCtx<'a> {
 
 /// How to run the pool.
 pub struct PoolConfig {
+    /// Worker threads to start (at least 1).
     pub workers: usize,
     /// How long an idle worker spins before parking.
     pub spin: Duration,

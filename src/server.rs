@@ -33,7 +33,12 @@ pub enum StartError {
     Config(String),
     /// A socket or thread could not be created.
     #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    Io {
+        /// What was being attempted, e.g. "cannot listen on 127.0.0.1:7878".
+        context: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {

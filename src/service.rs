@@ -17,7 +17,9 @@ use crate::wire::{Request, Response, Status, error_response};
 /// Size limits checked before anything touches the store.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Largest key, in bytes (`--max-key`).
     pub max_key: usize,
+    /// Largest value, in bytes (`--max-value`).
     pub max_value: usize,
     /// Largest frame, which bounds MULTI_GET replies too.
     pub max_frame: usize,

@@ -33,10 +33,20 @@ pub struct Entry {
 pub enum StoreError {
     /// The caller's expected version did not match; `current` is 0 when absent.
     #[error("version mismatch: current version is {current}")]
-    VersionMismatch { current: u64 },
+    VersionMismatch {
+        /// The key's version now.
+        current: u64,
+    },
     /// The write would take the store past its memory limit.
     #[error("store is full: {used} of {limit} bytes used, this write needs {needed} more")]
-    OutOfMemory { used: u64, limit: u64, needed: u64 },
+    OutOfMemory {
+        /// Bytes held before this write.
+        used: u64,
+        /// `--max-memory`.
+        limit: u64,
+        /// Extra bytes the write would have needed.
+        needed: u64,
+    },
 }
 
 type Shard = HashMap<Bytes, Entry, foldhash::fast::FixedState>;

@@ -9,7 +9,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::LengthDelimitedCodec;
 
-/// Generated protobuf types (`ramkv.v1`).
+/// Generated protobuf types (`ramkv.v1`); `proto/ramkv.proto` documents them.
+#[allow(missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/ramkv.v1.rs"));
 }

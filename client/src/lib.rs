@@ -17,6 +17,8 @@
 //! The crate also holds the `ramkv` CLI and the `ramkv-bench` load generator,
 //! whose workload and measurement code lives in [`bench`].
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod tls;
 
@@ -34,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream_lite::next_frame;
 
 /// The protocol's generated types (`proto/ramkv.proto`), shared with the server.
+#[allow(missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/ramkv.v1.rs"));
 }
@@ -47,22 +50,44 @@ pub use proto::{Request, Response, Status};
 /// own rather than strings.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// The server could not be reached, or the TLS handshake failed.
     #[error("cannot connect to {addr}: {message} (is ramkv-server running there?)")]
-    Connect { addr: String, message: String },
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No reply within the call's timeout; the reply, if it comes, is dropped.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The connection is gone; the string says why. Reconnect to go on.
     #[error("connection closed: {0}")]
     Closed(String),
+    /// A compare-and-set found another version: retry with `current`.
     #[error("version mismatch: the current version is {current} (0: the key does not exist)")]
-    VersionMismatch { current: u64 },
+    VersionMismatch {
+        /// The key's version now (0: absent).
+        current: u64,
+    },
+    /// The server shed the request; retrying later may succeed.
     #[error("server overloaded: {0}")]
     Overloaded(String),
+    /// The server wants a (different) token; the connection is closed.
     #[error("not authenticated: {0}")]
     Unauthenticated(String),
+    /// The token file could not be read or was empty.
     #[error("cannot read the auth token file: {0}")]
     TokenFile(String),
+    /// Any other error status, with the server's message.
     #[error("server answered {status:?}: {message}")]
-    Server { status: Status, message: String },
+    Server {
+        /// The reply's status.
+        status: Status,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A reply that does not fit the request: a bug on one side.
     #[error("unexpected reply: {0}")]
     Protocol(String),
 }
@@ -70,7 +95,9 @@ pub enum Error {
 /// A value with the version of the write that stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The stored bytes.
     pub value: Bytes,
+    /// The version of the write that stored them, for compare-and-set.
     pub version: u64,
 }
 
@@ -79,6 +106,7 @@ pub struct Entry {
 pub struct ClientOptions {
     /// Default limit for each call; see [`Client::call_with_timeout`].
     pub timeout: Duration,
+    /// Limit for the TCP connect (and TLS handshake).
     pub connect_timeout: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,

@@ -13,7 +13,9 @@ use crate::wire::Request;
 
 /// Runs each request on the calling dispatcher thread.
 pub struct InlineExecutor {
+    /// What runs the requests.
     pub service: Arc<Service>,
+    /// Where each dispatcher counts its requests (its slot = its index).
     pub metrics: Arc<Metrics>,
 }
 

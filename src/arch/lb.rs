@@ -40,8 +40,11 @@ pub fn start_pool(
 
 /// Queues requests for the pool, shedding load past the queue bound.
 pub struct PoolExecutor {
+    /// The pool's global queue.
     pub queue: Arc<TaskQueue<Task>>,
+    /// Queue length past which requests are answered OVERLOADED (`--queue-bound`).
     pub bound: usize,
+    /// Counts shed requests.
     pub metrics: Arc<Metrics>,
 }
 

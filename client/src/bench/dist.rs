@@ -62,6 +62,7 @@ fn fnv1a(x: u64) -> u64 {
 /// How keys are chosen.
 #[derive(Clone, Debug)]
 pub enum KeyDist {
+    /// Every key equally likely.
     Uniform,
     /// Scrambled Zipfian: Zipf ranks hashed over the key space, so the hot
     /// keys are scattered instead of adjacent.
@@ -102,18 +103,26 @@ pub fn poisson_gap_ns(rate: f64, rng: &mut impl Rng) -> f64 {
 /// A distribution of byte sizes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SizeDist {
+    /// Always this many bytes.
     Fixed(usize),
+    /// Uniform between the two bounds, inclusive.
     Uniform(usize, usize),
     /// Generalized Pareto (location 0), capped at `max`: Facebook ETC's values.
     GPareto {
+        /// Scale σ.
         sigma: f64,
+        /// Shape ξ.
         xi: f64,
+        /// Largest size drawn.
         max: usize,
     },
     /// `a` bytes with probability `p`, else `b`.
     Mix {
+        /// Probability of `a`.
         p: f64,
+        /// The common size.
         a: usize,
+        /// The other size.
         b: usize,
     },
 }
@@ -183,12 +192,17 @@ impl SizeDist {
 /// Service times for the server's SPIN op.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServiceDist {
+    /// Always this long.
     Fixed(Duration),
+    /// Exponential with this mean.
     Exp(Duration),
     /// `a` with probability `p`, else `b`.
     Bimodal {
+        /// Probability of `a`.
         p: f64,
+        /// The common (short) time.
         a: Duration,
+        /// The other (long) time.
         b: Duration,
     },
 }

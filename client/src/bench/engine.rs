@@ -37,11 +37,15 @@ use super::protocol::{self, Kind, Operation, Target};
 /// What to send.
 #[derive(Clone, Debug)]
 pub struct Workload {
+    /// Size of the key space.
     pub keys: u64,
+    /// How keys are drawn from it.
     pub key_dist: KeyDist,
+    /// Bytes per key.
     pub key_size: usize,
     /// Fraction of GETs; the rest are SETs.
     pub get_ratio: f64,
+    /// Bytes per SET value.
     pub value_size: SizeDist,
     /// `(K, F)`: K connections carry a fraction F of all requests.
     pub hot_conns: Option<(usize, f64)>,
@@ -53,18 +57,29 @@ pub struct Workload {
 #[derive(Copy, Clone, Debug)]
 pub enum Mode {
     /// Poisson arrivals at this many requests per second.
-    Open { rate: f64 },
+    Open {
+        /// Requests per second.
+        rate: f64,
+    },
     /// This many requests outstanding per connection, always.
-    Closed { concurrency: usize },
+    Closed {
+        /// Requests outstanding per connection.
+        concurrency: usize,
+    },
 }
 
 /// How to run.
 #[derive(Clone)]
 pub struct RunConfig {
+    /// The server and its protocol.
     pub target: Target,
+    /// Connections, spread round-robin over the threads.
     pub connections: usize,
+    /// Generator threads, each with its own runtime.
     pub threads: usize,
+    /// Open or closed loop.
     pub mode: Mode,
+    /// Measured time, after the warmup.
     pub duration: Duration,
     /// Requests scheduled during the warmup are sent but not measured.
     pub warmup: Duration,
@@ -79,6 +94,7 @@ pub struct RunConfig {
     pub auth_token: Option<Vec<u8>>,
     /// Connect with TLS (ramkv targets).
     pub tls: Option<TlsConnector>,
+    /// Seed for every random choice, so runs are repeatable.
     pub seed: u64,
 }
 
@@ -88,13 +104,17 @@ pub struct RunResult {
     pub offered_rate: f64,
     /// Successful replies per second to requests scheduled in the measured window.
     pub achieved_rate: f64,
+    /// Successful replies to requests scheduled in the measured window.
     pub completed: u64,
+    /// Error replies in the measured window.
     pub errors: u64,
+    /// Requests still unanswered after the drain.
     pub timeouts: u64,
     /// Latency in ns, from scheduled send to reply.
     pub latency: Histogram<u64>,
     /// How far behind schedule requests were sent, in ns.
     pub lateness: Histogram<u64>,
+    /// True when the p99 send lateness passed the threshold.
     pub generator_late: bool,
     /// CPU seconds the generator process used during the run, per wall second.
     pub generator_cpu: f64,
@@ -657,7 +677,9 @@ pub async fn connect(
 
 /// Both directions of one connection, plain or TLS.
 pub struct Link {
+    /// The reading half.
     pub rd: Box<dyn AsyncRead + Unpin + Send>,
+    /// The writing half.
     pub wr: Box<dyn AsyncWrite + Unpin + Send>,
 }
 

@@ -9,13 +9,16 @@ use crate::proto::{self, Request, Response, Status, request::Op};
 /// What a target server is and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// Which protocol it speaks.
     pub kind: Kind,
+    /// `host:port`.
     pub addr: String,
 }
 
 /// The wire protocol of a target.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// ramkv's framed protobuf.
     Ramkv,
     /// memcached's text protocol (`get`, `set`).
     Memcache,
@@ -63,15 +66,21 @@ impl Target {
 
 /// One operation of a workload.
 pub enum Operation<'a> {
+    /// Read a key.
     Get {
+        /// The key.
         key: &'a [u8],
     },
+    /// Write a key.
     Set {
+        /// The key.
         key: &'a [u8],
+        /// The value.
         value: Bytes,
     },
     /// ramkv's benchmark-only SPIN.
     Spin {
+        /// How long the server should busy-wait.
         nanos: u64,
     },
 }

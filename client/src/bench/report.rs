@@ -8,18 +8,31 @@ use super::engine::RunResult;
 /// The figures of one run, in microseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// Requests per second asked for (0 in closed loop).
     pub offered_rate: f64,
+    /// Successful replies per second.
     pub achieved_rate: f64,
+    /// Error replies.
     pub errors: u64,
+    /// Requests never answered.
     pub timeouts: u64,
+    /// Median latency, from scheduled send to reply.
     pub p50_us: f64,
+    /// 90th percentile.
     pub p90_us: f64,
+    /// 99th percentile.
     pub p99_us: f64,
+    /// 99.9th percentile.
     pub p999_us: f64,
+    /// 99.99th percentile.
     pub p9999_us: f64,
+    /// Slowest reply.
     pub max_us: f64,
+    /// 99th percentile of how late the generator sent.
     pub late_p99_us: f64,
+    /// The generator fell behind its schedule.
     pub generator_late: bool,
+    /// Generator CPU, in cores.
     pub generator_cpu: f64,
 }
 
@@ -157,7 +170,9 @@ impl Summary {
 
 /// One curve: a label and its points.
 pub struct Series {
+    /// The legend entry.
     pub label: String,
+    /// One point per swept rate.
     pub points: Vec<Summary>,
 }
 
