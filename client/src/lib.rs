@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The crate also holds the `ramkv` CLI and the `ramkv-bench` load generator,
-//! whose workload and measurement code lives in [`bench`].
+//! whose workload and measurement code lives in [`mod@bench`].
 
 #![warn(missing_docs)]
 
