@@ -247,6 +247,13 @@ impl Metrics {
                 d.busy_ns.load(Relaxed),
             ));
         }
+        // A separate pass: Prometheus wants each family's samples together.
+        for (i, d) in self.dispatchers.iter().enumerate() {
+            out.push((
+                format!("ramkv_dispatcher_connections_total{{dispatcher=\"{i}\"}}"),
+                d.connections_total.load(Relaxed),
+            ));
+        }
         for (i, e) in self.exec.iter().enumerate() {
             for (name, v) in [
                 ("busy_ns_total", &e.busy_ns),

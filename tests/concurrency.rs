@@ -132,6 +132,18 @@ async fn hundreds_of_connections_at_once() {
         }
         let stats = clients[0].0.stats().await.unwrap();
         assert_eq!(common::stat(&stats, "ramkv_connections_open"), 300);
+        // The kernel's SO_REUSEPORT hash, or the acceptor's round-robin,
+        // gave every dispatcher a share.
+        for d in 0..3 {
+            let n = common::stat(
+                &stats,
+                &format!("ramkv_dispatcher_connections_total{{dispatcher=\"{d}\"}}"),
+            );
+            assert!(
+                n >= 30,
+                "reuseport={reuseport}: dispatcher {d} got {n} of 300 connections"
+            );
+        }
         drop(clients);
         srv.shutdown();
     }
