@@ -92,6 +92,17 @@ fn clients_that_vanish_with_requests_in_flight_do_not_hurt_others() {
         c.enable_spin_op = true;
     });
     let mut survivor = Raw::connect(srv.local_addr());
+    // An acknowledged put, to read back after the faults.
+    survivor.send(
+        1,
+        Op::Put(pb::Put {
+            key: "kept".into(),
+            value: "safe".into(),
+            expected_version: None,
+        }),
+    );
+    let acked = survivor.recv().unwrap();
+    assert_eq!(acked.status, Status::Ok as i32);
     for round in 0..20 {
         let mut raw = Raw::connect(srv.local_addr());
         let mut burst = Vec::new();
@@ -101,6 +112,15 @@ fn clients_that_vanish_with_requests_in_flight_do_not_hurt_others() {
                 op: Some(Op::Spin(pb::Spin { nanos: 20_000 })),
             }));
         }
+        // ...and puts that may or may not land before the client vanishes.
+        burst.extend(frame(&Request {
+            id: 99,
+            op: Some(Op::Put(pb::Put {
+                key: "kept".into(),
+                value: "overwritten?".into(),
+                expected_version: Some(0),
+            })),
+        }));
         raw.send_bytes(&burst);
         drop(raw); // gone, with up to 50 requests in flight
         ping_ok(&mut survivor, round);
@@ -108,6 +128,17 @@ fn clients_that_vanish_with_requests_in_flight_do_not_hurt_others() {
     // Replies to the vanished clients were dropped, not written anywhere:
     // the survivor sees only its own.
     ping_ok(&mut survivor, 1000);
+    // The acknowledged put is intact (the vanished clients' create-only
+    // puts could not replace it).
+    survivor.send(2, Op::Get(pb::Get { key: "kept".into() }));
+    let r = survivor.recv().unwrap();
+    let Some(pb::response::Result::Get(g)) = r.result else {
+        panic!("{r:?}")
+    };
+    let Some(pb::response::Result::Put(p)) = acked.result else {
+        panic!()
+    };
+    assert_eq!((&g.value[..], g.version), (&b"safe"[..], p.version));
     srv.shutdown();
 }
 
