@@ -73,35 +73,46 @@ fn raw_pipeline_replies_match_ids() {
 
 #[test]
 fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
-    // Two workers; a 1 s SPIN goes first on the connection, then 100 PINGs.
-    // Every PING must be answered before the SPIN: replies come back as
-    // they finish, not in request order.
-    let srv = server(|c| {
-        c.workers = Some(2);
-        c.enable_spin_op = true;
-        c.spin_op_max_us = 5_000_000;
-    });
-    let mut raw = Raw::connect(srv.local_addr());
-    let mut burst = common::frame(&ramkv::wire::Request {
-        id: 1,
-        op: Some(Op::Spin(pb::Spin {
-            nanos: 1_000_000_000,
-        })),
-    });
-    for id in 2..=101 {
-        burst.extend(common::frame(&ramkv::wire::Request {
-            id,
-            op: Some(Op::Ping(pb::Ping::default())),
-        }));
+    // A 1 s SPIN goes first on the connection, then 100 PINGs. Under lb
+    // (two workers) every PING is answered before the SPIN: replies come
+    // back as they finish, not in request order. Under inline, the
+    // connection's own thread runs the SPIN first, and the PINGs wait
+    // behind it: the head-of-line blocking lb exists to remove.
+    for arch in [ramkv::Arch::Lb, ramkv::Arch::Inline] {
+        let srv = server(|c| {
+            c.arch = arch;
+            c.workers = (arch == ramkv::Arch::Lb).then_some(2);
+            c.enable_spin_op = true;
+            c.spin_op_max_us = 5_000_000;
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        let mut burst = common::frame(&ramkv::wire::Request {
+            id: 1,
+            op: Some(Op::Spin(pb::Spin {
+                nanos: 1_000_000_000,
+            })),
+        });
+        for id in 2..=101 {
+            burst.extend(common::frame(&ramkv::wire::Request {
+                id,
+                op: Some(Op::Ping(pb::Ping::default())),
+            }));
+        }
+        raw.send_bytes(&burst);
+        let order: Vec<u64> = (0..101).map(|_| raw.recv().unwrap().id).collect();
+        match arch {
+            ramkv::Arch::Lb => assert_eq!(
+                *order.last().unwrap(),
+                1,
+                "lb: the slow request held up faster ones: {order:?}"
+            ),
+            _ => assert_eq!(
+                order[0], 1,
+                "inline answers in order, the slow request first"
+            ),
+        }
+        srv.shutdown();
     }
-    raw.send_bytes(&burst);
-    let order: Vec<u64> = (0..101).map(|_| raw.recv().unwrap().id).collect();
-    assert_eq!(
-        *order.last().unwrap(),
-        1,
-        "the slow request held up faster ones: {order:?}"
-    );
-    srv.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
