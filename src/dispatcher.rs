@@ -348,7 +348,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         if ready > 0 {
             in_flight -= ready;
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-            match tokio::time::timeout(limits.write_timeout, stream.write_all(&wbuf)).await {
+            // The flush matters for TLS: a write that would block can leave
+            // the last records buffered inside rustls; for TCP it is free.
+            let write = async {
+                stream.write_all(&wbuf).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(limits.write_timeout, write).await {
                 Ok(result) => result?,
                 Err(_) => {
                     return Err(io::Error::new(

@@ -172,3 +172,33 @@ fn tls_needs_both_files_and_a_dispatcher_architecture() {
         Ok(_) => panic!("missing certificate files must stop the start"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pipelined_replies_over_tls_all_arrive() {
+    // Enough reply bytes at once (16 MiB) to fill socket buffers, so TLS
+    // records are left buffered whenever a write would block; each must
+    // still be flushed out rather than wait for the next write.
+    let pki = Pki::new("bulk", false, false);
+    let srv = tls_server(&pki, ramkv::Arch::Lb);
+    let c = Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem")))
+        .await
+        .unwrap();
+    c.put("big", vec![b'x'; 64 * 1024]).await.unwrap();
+    let gets: Vec<_> = (0..256)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("big").await })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap().unwrap().unwrap().value.len(), 64 * 1024);
+    }
+    // One request at a time, each with a 1 MiB reply: if a reply's last TLS
+    // records were left unflushed, nothing else would push them out, and
+    // the call would time out.
+    for _ in 0..100 {
+        let items = c.multi_get(vec!["big"; 16]).await.unwrap();
+        assert_eq!(items.len(), 16);
+    }
+    srv.shutdown();
+}

@@ -449,7 +449,12 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         while let Ok(more) = rx.try_recv() {
             buf.extend_from_slice(&more);
         }
-        if let Err(e) = w.write_all(&buf).await {
+        // flush: under TLS, write_all may leave records buffered in rustls.
+        let written = match w.write_all(&buf).await {
+            Ok(()) => w.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             fail_all(&waiting, format!("write failed: {e}"));
             return;
         }

@@ -573,7 +573,8 @@ async fn writer(conn: Rc<Conn>, mut wr: Box<dyn AsyncWrite + Unpin + Send>) {
         if buf.is_empty() {
             continue;
         }
-        if wr.write_all(&buf).await.is_err() {
+        // flush: under TLS, write_all may leave records buffered in rustls.
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             conn.alive.set(false);
             return;
         }
@@ -658,6 +659,8 @@ pub async fn connect(
         s.wr.write_all(&out)
             .await
             .map_err(|e| format!("auth: {e}"))?;
+        // The reply is awaited next: under TLS the request must not stay buffered.
+        s.wr.flush().await.map_err(|e| format!("auth: {e}"))?;
         let mut header = [0u8; 4];
         s.rd.read_exact(&mut header)
             .await
@@ -723,6 +726,7 @@ pub async fn preload(
                 s.wr.write_all(&out)
                     .await
                     .map_err(|e| format!("preload: {e}"))?;
+                s.wr.flush().await.map_err(|e| format!("preload: {e}"))?;
                 out.clear();
                 let mut got = 0;
                 while got < chunk.len() {
