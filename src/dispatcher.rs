@@ -388,8 +388,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             None if in_flight == 0 => Some(last_read + limits.idle_timeout),
             None => None,
         };
+        // Re-arm only when the deadline moves earlier. A later one (the
+        // idle deadline moves with every read) is handled when the timer
+        // fires early, so a busy connection does not touch the timer wheel
+        // per request.
         if let Some(d) = deadline
-            && armed_for != Some(d)
+            && armed_for.is_none_or(|a| d < a)
         {
             timer.as_mut().reset(d.into());
             armed_for = Some(d);
@@ -413,15 +417,22 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     last_read = Instant::now();
                 }
             },
-            _ = &mut timer, if deadline.is_some() => {
-                read_open = false;
-                decode_open = false;
-                armed_for = None;
-                if frame_started.is_some() {
-                    in_flight += 1;
-                    sink.push(&frame_timeout_response(limits.frame_timeout));
+            _ = &mut timer, if deadline.is_some() => match deadline {
+                Some(d) if Instant::now() < d => {
+                    // Fired for an older, earlier deadline: move on to the real one.
+                    timer.as_mut().reset(d.into());
+                    armed_for = Some(d);
                 }
-            }
+                _ => {
+                    read_open = false;
+                    decode_open = false;
+                    armed_for = None;
+                    if frame_started.is_some() {
+                        in_flight += 1;
+                        sink.push(&frame_timeout_response(limits.frame_timeout));
+                    }
+                }
+            },
             _ = shared.shutdown.cancelled(), if read_open => read_open = false,
         }
     }

@@ -422,3 +422,23 @@ fn a_failed_start_leaves_nothing_running() {
     ping_ok(&mut Raw::connect(srv.local_addr()), 1);
     srv.shutdown();
 }
+
+#[test]
+fn the_idle_timeout_counts_from_the_last_activity() {
+    // Active at t0 and again at t0 + 300 ms, then silent: the connection
+    // must live a full idle timeout past the second request, even though
+    // the server's timer was armed at t0 (it is moved lazily when it fires).
+    let srv = server(|c| c.idle_timeout = Duration::from_millis(1_000));
+    let mut raw = Raw::connect(srv.local_addr());
+    ping_ok(&mut raw, 1);
+    std::thread::sleep(Duration::from_millis(300)); // the client's pause, not a synchronisation
+    ping_ok(&mut raw, 2);
+    let last = Instant::now();
+    assert!(raw.recv().is_none());
+    assert!(
+        last.elapsed() >= Duration::from_millis(900),
+        "closed {:?} after the last request",
+        last.elapsed()
+    );
+    srv.shutdown();
+}
