@@ -14,15 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${1:-small}
-BIN=${BIN:-target/release}
-MEMCACHED=${MEMCACHED:-memcached}
-REDIS=${REDIS:-redis-server}
 SLO_US=${SLO_US:-500}
-case "$profile" in
-  small) server_cpus=0; gen_cpus=1; ncores=1; gen_threads=1; conns=16 ;;
-  full) server_cpus=0-7; gen_cpus=8-15; ncores=8; gen_threads=8; conns=64 ;;
-  *) echo "usage: $0 small|full" >&2; exit 2 ;;
-esac
+source bench/lib.sh
 DURATION=${DURATION:-2s}
 WARMUP=${WARMUP:-1s}
 WORKLOADS=${WORKLOADS:-"uniform hot-conns bimodal bimodal-50 large"}
@@ -34,15 +27,6 @@ out="bench/results/$name"
 md="bench/results/$name.md"
 mkdir -p "$out"
 
-[ -x "$BIN/ramkv-server" ] && [ -x "$BIN/ramkv-bench" ] || cargo build --release --workspace
-port=17000
-pid=""
-
-# lb splits the server cores: a quarter dispatchers (at least 1), the rest workers.
-disp=$(( ncores / 4 )); [ "$disp" -ge 1 ] || disp=1
-workers=$(( ncores - disp )); [ "$workers" -ge 1 ] || workers=1
-ramkv_common=(--enable-spin-op --spin-op-max-us 1000000 --max-memory 8GiB --log-level warn)
-
 systems_for() {
   local s="lb inline-1"
   if [ "$ncores" -gt 1 ]; then s="lb lb-reuseport inline-1 inline-shared inline-reuseport"; fi
@@ -51,49 +35,11 @@ systems_for() {
   echo "$s"
 }
 
-start_system() {
-  local sys=$1
-  port=$((port + 1))
-  local addr="127.0.0.1:$port"
-  case "$sys" in
-    lb) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" "${ramkv_common[@]}") ;;
-    lb-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" --reuseport "${ramkv_common[@]}") ;;
-    inline-1) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers 1 "${ramkv_common[@]}") ;;
-    inline-shared) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" "${ramkv_common[@]}") ;;
-    inline-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" --reuseport "${ramkv_common[@]}") ;;
-    thread-per-conn) cmd=("$BIN/ramkv-server" --listen "$addr" --arch thread-per-conn "${ramkv_common[@]}") ;;
-    memcached)
-      cmd=("$MEMCACHED" -l 127.0.0.1 -p "$port" -U 0 -t "$ncores" -m 8192 -c 4096)
-      [ "$(id -u)" -ne 0 ] || cmd+=(-u root) ;;
-    redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients 4096) ;;
-  esac
-  taskset -c "$server_cpus" "${cmd[@]}" >/dev/null 2>&1 &
-  pid=$!
-  case "$sys" in memcached) target="memcache://$addr" ;; redis) target="redis://$addr" ;; *) target="ramkv://$addr" ;; esac
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "compare.sh: $sys did not start" >&2
-  exit 1
-}
-
-stop_system() {
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-trap stop_system EXIT
-
-bench() { taskset -c "$gen_cpus" "$BIN/ramkv-bench" --target "$target" --threads "$gen_threads" --connections "$conns" --quiet "$@"; }
-field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
-
 {
   echo "# Architecture comparison: $profile run"
   echo
   echo "- Date: $date (UTC)"
-  echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB"
-  echo "- Server cores: \`$server_cpus\` ($ncores), generator cores: \`$gen_cpus\` ($gen_threads threads), $conns connections"
-  echo "- lb: $disp dispatcher(s) + $workers worker(s); inline-N and memcached -t use all $ncores server core(s); redis-server is single-threaded"
+  machine_lines
   echo "- Command: \`bench/compare.sh $profile\` (DURATION=$DURATION, WARMUP=$WARMUP per point, SLO p99 ≤ ${SLO_US} µs)"
   echo "- Offered rates: ${FRACTIONS[*]} × lb's closed-loop peak, the same for every system"
   echo
