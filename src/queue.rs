@@ -19,6 +19,16 @@
 //! sees the other, so either the worker finds the task or the producer finds
 //! the worker and unparks it. An unpark that lands before the park leaves a
 //! token, and the park returns at once.
+//!
+//! **A spinning worker stands in for the parked ones.** While any worker is in
+//! its spin window, a producer wakes nobody: the spinner will take the task,
+//! and the dispatcher skips the lock and the futex. A spinner that finds work
+//! leaves the window and, if the injector still holds tasks, wakes a parked
+//! worker on its way out, so a burst does not wait behind the task it took.
+//! Both sides fence between their write and their read (push, then spinner
+//! count; count, then injector), so a task is never left with nobody looking.
+//! Before this, every push woke another parked worker, so under steady load
+//! every worker spun all the time, whatever the load.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
@@ -95,15 +105,31 @@ pub struct TaskQueue<T> {
     injector: Injector<T>,
     stealers: Box<[Stealer<T>]>,
     sleepers: Sleepers,
+    /// Workers in their idle spin window, looking for work.
+    spinning: AtomicUsize,
     shutdown: AtomicBool,
 }
 
 impl<T> TaskQueue<T> {
-    /// Queues a task and wakes a parked worker if there is one.
+    /// Queues a task and, unless a worker is spinning and will take it,
+    /// wakes a parked one.
     pub fn push(&self, task: T) {
         self.injector.push(task);
         fence(Ordering::SeqCst);
-        self.sleepers.wake_one();
+        if self.spinning.load(Ordering::SeqCst) == 0 {
+            self.sleepers.wake_one();
+        }
+    }
+
+    /// A spinner found a task and leaves its window: tasks still in the
+    /// injector may have been pushed while it counted as spinning, so make
+    /// sure somebody is awake for them.
+    fn stop_spinning_with_work(&self) {
+        self.spinning.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.injector.is_empty() {
+            self.sleepers.wake_one();
+        }
     }
 
     /// Tasks waiting in the global queue (not counting those already taken
@@ -197,6 +223,7 @@ impl<T: Send + 'static> WorkerPool<T> {
                 count: AtomicUsize::new(0),
                 unparkers: parkers.iter().map(|p| p.unparker().clone()).collect(),
             },
+            spinning: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });
         let handler = Arc::new(handler);
@@ -256,22 +283,32 @@ fn run_worker<T, F: Fn(T, &WorkerCtx)>(
             );
         }
     };
+    // Spin only when this worker has run something since it last woke: a
+    // worker that just started, or was woken for a task a peer took first,
+    // has no reason to expect more work soon.
+    let mut ran_since_wake = false;
     'outer: loop {
         if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
             run(t);
+            ran_since_wake = true;
             continue;
         }
-        if !spin.is_zero() {
+        if !spin.is_zero() && ran_since_wake {
+            q.spinning.fetch_add(1, Ordering::SeqCst);
             let deadline = Instant::now() + spin;
             while Instant::now() < deadline && !q.shutdown.load(Ordering::Relaxed) {
                 for _ in 0..SPINS_PER_CLOCK_READ {
                     std::hint::spin_loop();
                 }
                 if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
+                    q.stop_spinning_with_work();
                     run(t);
                     continue 'outer;
                 }
             }
+            // Announcing fences, so the check below sees any task pushed by
+            // a producer that still counted this worker as spinning.
+            q.spinning.fetch_sub(1, Ordering::SeqCst);
         }
         q.sleepers.announce(ctx.index);
         if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
@@ -285,6 +322,7 @@ fn run_worker<T, F: Fn(T, &WorkerCtx)>(
         }
         ctx.stats.parks.fetch_add(1, Ordering::Relaxed);
         parker.park();
+        ran_since_wake = false;
         q.sleepers.cancel(ctx.index);
         ctx.stats.wakeups.fetch_add(1, Ordering::Relaxed);
     }
@@ -293,7 +331,7 @@ fn run_worker<T, F: Fn(T, &WorkerCtx)>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, AtomicU64};
     use std::sync::mpsc;
 
     /// N producers and M workers: every task runs exactly once and nothing
@@ -397,6 +435,62 @@ mod tests {
             metrics.exec(0).parks.load(Ordering::Relaxed) > 0,
             "the worker never parked"
         );
+    }
+
+    #[test]
+    fn a_spinning_worker_takes_the_work_without_waking_the_others() {
+        // Four parked workers and a long spin window. One task at a time,
+        // each pushed once the previous one's worker is spinning again: the
+        // first push wakes one worker, which then takes every later task, so
+        // no other worker is woken. (When each push woke a parked worker, all
+        // four were woken and spinning within a few tasks.)
+        const WORKERS: usize = 4;
+        let metrics = Arc::new(Metrics::new(WORKERS, 1));
+        let (tx, rx) = mpsc::channel::<usize>();
+        let tx = Mutex::new(tx);
+        let cfg = PoolConfig {
+            workers: WORKERS,
+            spin: Duration::from_secs(5),
+            cores: vec![],
+        };
+        let pool = WorkerPool::start(cfg, metrics.clone(), move |_: u32, ctx: &WorkerCtx| {
+            let _ = tx.lock().unwrap().send(ctx.index);
+        })
+        .unwrap();
+        let total = |f: fn(&ExecStats) -> &AtomicU64| -> u64 {
+            (0..WORKERS)
+                .map(|i| f(metrics.exec(i)).load(Ordering::Relaxed))
+                .sum()
+        };
+        // Fresh workers park without spinning; wait until all have.
+        let start = Instant::now();
+        while total(|e| &e.parks) < WORKERS as u64 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "workers never parked"
+            );
+            std::thread::yield_now();
+        }
+        let mut ran_on = std::collections::HashSet::new();
+        for i in 0..200 {
+            if i > 0 {
+                // The worker that ran task i-1 is back in its spin window.
+                while pool.queue().spinning.load(Ordering::SeqCst) == 0 {
+                    assert!(start.elapsed() < Duration::from_secs(60), "never spun");
+                    std::thread::yield_now();
+                }
+            }
+            pool.queue().push(i);
+            let w = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("stalled at task {i}"));
+            ran_on.insert(w);
+        }
+        let wakeups = total(|e| &e.wakeups);
+        pool.shutdown();
+        // One wake-up is needed; allow one spurious one.
+        assert!(wakeups <= 2, "{wakeups} wake-ups for sequential tasks");
+        assert!(ran_on.len() <= 2, "tasks ran on {} workers", ran_on.len());
     }
 
     #[test]

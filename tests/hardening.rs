@@ -178,7 +178,10 @@ fn admin_endpoint_serves_prometheus_metrics() {
     ] {
         assert!(text.contains(family), "{family} missing");
     }
-    assert!(text.contains("# TYPE ramkv_queue_delay_ns summary"), "{text}");
+    assert!(
+        text.contains("# TYPE ramkv_queue_delay_ns summary"),
+        "{text}"
+    );
     assert!(text.contains("ramkv_service_time_ns{quantile=\"0.99\"}"));
     assert!(text.contains("ramkv_service_time_ns_count"));
     assert!(http_get(admin, "/nope").starts_with("HTTP/1.1 404"));

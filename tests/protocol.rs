@@ -22,6 +22,15 @@ fn architectures() -> Vec<(&'static str, Setup)> {
         ),
         ("lb, 1 worker", Box::new(|c| c.workers = Some(1))),
         (
+            // Spinning is off by default when threads outnumber cores, as on
+            // CI; this runs the spin-window hand-off through real sockets.
+            "lb, 2 workers spinning 100 µs",
+            Box::new(|c| {
+                c.workers = Some(2);
+                c.spin_us = Some(100);
+            }),
+        ),
+        (
             "lb, reuseport x3, 3 workers",
             Box::new(|c| {
                 c.dispatchers = 3;
