@@ -13,7 +13,7 @@
 # execution, the rest) and how long requests waited in the queue. A third run
 # under `perf record` profiles lb when perf works (PROFILE=0 turns it off).
 # Environment overrides: BIN, MEMCACHED, REDIS, WORKLOADS, DURATION_S, WARMUP,
-# FRACTION, MACHINE, NAME, PROFILE.
+# FRACTION, MACHINE, NAME, PROFILE, PERF (the perf binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,7 @@ WARMUP=${WARMUP:-1s}
 FRACTION=${FRACTION:-0.5}
 WORKLOADS=${WORKLOADS:-"uniform hot-conns bimodal"}
 PROFILE=${PROFILE:-1}
+PERF=${PERF:-perf}
 date=$(date -u +%F)
 machine=${MACHINE:-$(nproc)core}
 name=${NAME:-$date-$machine-breakdown}
@@ -32,7 +33,7 @@ out="bench/results/$name"
 md="bench/results/$name.md"
 mkdir -p "$out"
 tck=$(getconf CLK_TCK)
-if [ "$PROFILE" = 1 ] && ! perf record -q -o /dev/null -- true >/dev/null 2>&1; then
+if [ "$PROFILE" = 1 ] && ! "$PERF" record -q -o /dev/null -- true >/dev/null 2>&1; then
   echo "breakdown.sh: perf does not work here; no profiles" >&2
   PROFILE=0
 fi
@@ -103,11 +104,11 @@ for w in $WORKLOADS; do
       splits+=("| $sys | $disp_ns | $exec_ns | $rest_ns | $qd | $st | $parks | $steals |")
     fi
     if [ "$PROFILE" = 1 ] && [ "$sys" = lb ]; then
-      perf record -q -F 499 -g -p "$pid" -o "$out/$w/lb.perf.data" -- sleep "$DURATION_S" 2>/dev/null &
+      "$PERF" record -q -F 499 -g -p "$pid" -o "$out/$w/lb.perf.data" -- sleep "$DURATION_S" 2>/dev/null &
       perf_pid=$!
       bench --preset "$w" --rate "$rate" --duration "${DURATION_S}s" --warmup 0s --json > /dev/null
       wait "$perf_pid" || true
-      perf report -i "$out/$w/lb.perf.data" --no-children --sort dso,sym --stdio -g none --percent-limit 1 2>/dev/null \
+      "$PERF" report -i "$out/$w/lb.perf.data" --no-children --sort dso,sym --stdio -g none --percent-limit 1 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -25 > "$out/$w/lb.perf.txt" || true
       rm -f "$out/$w/lb.perf.data"
     fi

@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# Stages what `bench/compare.sh full` needs on a lent 16-core machine that has
-# no network, into .carry/ (ignored by git): the release binaries (built
-# without target-cpu=native, so they run on any x86-64) and the memcached and
-# Redis packages with the libraries the device image may lack.
+# Stages what `bench/compare.sh full` and `bench/breakdown.sh full` need on a
+# lent 16-core machine that has no network, into .carry/ (ignored by git): the
+# release binaries (built without target-cpu=native, so they run on any
+# x86-64; debug info stripped, symbols kept for perf), and the memcached, Redis
+# and perf packages with the libraries the device image may lack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
 rm -rf .carry
 mkdir -p .carry/bin .carry/debs
 for b in ramkv-server ramkv ramkv-bench; do
-  strip -o ".carry/bin/$b" "target/release/$b"
+  strip --strip-debug -o ".carry/bin/$b" "target/release/$b"
 done
-(cd .carry/debs && apt-get download memcached redis-server redis-tools libevent-2.1-7 libsasl2-2 liblzf1 libjemalloc2)
+(cd .carry/debs && apt-get download memcached redis-server redis-tools libevent-2.1-7 libsasl2-2 liblzf1 libjemalloc2 \
+  linux-perf libbabeltrace1 libdw1 libelf1 libnuma1 libopencsd1 libperl5.36 libpython3.11 libslang2 libunwind8 libtraceevent1)
 du -sh .carry
 cat <<'MSG'
-A device call may run 10 minutes, so split the workloads over two calls, each carrying
-`.carry`, with W="uniform hot-conns bimodal" and then W="bimodal-50 large" and a matching PART:
+A device call may run 10 minutes, so the work is split over two calls, each carrying `.carry`.
+Both start with this setup (call it $SETUP):
   mkdir -p /tmp/root && for d in .carry/debs/*.deb; do dpkg -x "$d" /tmp/root; done &&
-  export LD_LIBRARY_PATH=/tmp/root/usr/lib/x86_64-linux-gnu &&
-  WORKLOADS="$W" DURATION=1s WARMUP=500ms NAME=$(date -u +%F)-16core-$PART \
-  BIN=.carry/bin MEMCACHED=/tmp/root/usr/bin/memcached REDIS=/tmp/root/usr/bin/redis-server \
-    bash bench/compare.sh full && tar czf $OUT/results.tgz bench/results/*-16core*
-Then unpack each results.tgz here, and update the README's findings from them.
+  export LD_LIBRARY_PATH=/tmp/root/usr/lib/x86_64-linux-gnu BIN=.carry/bin \
+    MEMCACHED=/tmp/root/usr/bin/memcached REDIS=/tmp/root/usr/bin/redis-server PERF=/tmp/root/usr/bin/perf &&
+Call 1:
+  $SETUP WORKLOADS="uniform hot-conns bimodal" DURATION=1s WARMUP=500ms NAME=$(date -u +%F)-16core-a \
+    bash bench/compare.sh full; tar czf $OUT/a.tgz bench/results/*-16core*
+Call 2 (each step saves its results to $OUT before the next starts):
+  $SETUP WORKLOADS="bimodal-50 large" DURATION=1s WARMUP=500ms NAME=$(date -u +%F)-16core-b \
+    bash bench/compare.sh full; tar czf $OUT/b.tgz bench/results/*-16core*;
+  DURATION_S=2 WARMUP=500ms NAME=$(date -u +%F)-16core-breakdown bash bench/breakdown.sh full;
+  tar czf $OUT/c.tgz bench/results/*-16core-breakdown*
+Then unpack the archives here, and update the README's findings from them.
 MSG
