@@ -5,14 +5,22 @@
 //! so that GETs of different keys never touch the same lock and GETs of the
 //! same hot key only share a read lock. `bench/results/` records why this won
 //! over a lock-free map under Zipf-0.99 hot keys (`cargo bench --bench store_zipf`).
+//!
+//! Keys come from the network, so they are hashed with SipHash-1-3 under a
+//! random per-process key (std's `RandomState`), as Redis does: with a fixed,
+//! public seed a client could send keys that all land in one bucket and turn
+//! every lookup into a linear scan. Each operation hashes its key once; the
+//! middle bits pick the shard and the whole hash goes to that shard's
+//! `hashbrown::HashTable`, which uses the low bits and the top seven.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
 
 /// Bytes charged per entry on top of its key and value: two `Bytes` handles,
 /// the version, and the hash table's slot. An estimate, documented as such.
@@ -49,12 +57,13 @@ pub enum StoreError {
     },
 }
 
-type Shard = HashMap<Bytes, Entry, foldhash::fast::FixedState>;
+/// One shard: (key, entry) pairs found by their precomputed hash.
+type Shard = HashTable<(Bytes, Entry)>;
 
 /// The concurrent key-value map shared by every worker.
 pub struct Store {
     shards: Box<[CachePadded<RwLock<Shard>>]>,
-    shard_hasher: foldhash::fast::FixedState,
+    hasher: RandomState,
     /// Estimated bytes held, compared against `limit` before every growth.
     used: AtomicU64,
     limit: u64,
@@ -77,9 +86,9 @@ impl Store {
         let n = shards.max(1).next_power_of_two();
         Store {
             shards: (0..n)
-                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
+                .map(|_| CachePadded::new(RwLock::new(Shard::new())))
                 .collect(),
-            shard_hasher: foldhash::fast::FixedState::with_seed(0x5eed_cafe),
+            hasher: RandomState::new(),
             used: AtomicU64::new(0),
             limit,
             entries: AtomicUsize::new(0),
@@ -87,25 +96,32 @@ impl Store {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &RwLock<Shard> {
-        let h = self.shard_hasher.hash_one(key) as usize;
-        // The high bits: the map itself uses the low ones of its own hash.
-        &self.shards[(h >> 7) & (self.shards.len() - 1)]
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn read(&self, key: &[u8]) -> RwLockReadGuard<'_, Shard> {
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // Bits 32 and up: the table uses the low bits for the bucket and the
+        // top seven as a tag, so shard choice must not fix either.
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard> {
         // A poisoned lock only means a panic elsewhere; the map itself is
         // never left half-updated by this module, so keep serving.
-        self.shard(key).read().unwrap_or_else(|e| e.into_inner())
+        self.shard(hash).read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, key: &[u8]) -> RwLockWriteGuard<'_, Shard> {
-        self.shard(key).write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard> {
+        self.shard(hash).write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current value and version of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.read(key).get(key).cloned()
+        let hash = self.hash(key);
+        self.read(hash)
+            .find(hash, |(k, _)| k == key)
+            .map(|(_, e)| e.clone())
     }
 
     /// Stores `value` under `key` and returns the new version. With
@@ -115,8 +131,13 @@ impl Store {
         // Copy outside the lock. The copy also detaches the value from the
         // connection's read buffer, which it would otherwise keep alive.
         let value = Bytes::copy_from_slice(value);
-        let mut shard = self.write(key);
-        let current = shard.get(key).map(|e| (e.version, e.value.len()));
+        let hash = self.hash(key);
+        let mut shard = self.write(hash);
+        let slot = shard.entry(hash, |(k, _)| k == key, |(k, _)| self.hash(k));
+        let current = match &slot {
+            Slot::Occupied(o) => Some((o.get().1.version, o.get().1.value.len())),
+            Slot::Vacant(_) => None,
+        };
         if let Some(want) = expected {
             let have = current.map_or(0, |(v, _)| v);
             if want != have {
@@ -131,10 +152,10 @@ impl Store {
             self.used.fetch_sub(old_cost - new_cost, Ordering::Relaxed);
         }
         let version = self.last_version.fetch_add(1, Ordering::Relaxed) + 1;
-        match shard.get_mut(key) {
-            Some(entry) => *entry = Entry { value, version },
-            None => {
-                shard.insert(Bytes::copy_from_slice(key), Entry { value, version });
+        match slot {
+            Slot::Occupied(mut o) => o.get_mut().1 = Entry { value, version },
+            Slot::Vacant(v) => {
+                v.insert((Bytes::copy_from_slice(key), Entry { value, version }));
                 self.entries.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -157,14 +178,17 @@ impl Store {
     /// Removes `key`, returning the version it had, or `None` if it was absent.
     /// With `expected = Some(v)`, removes it only if its version is `v`.
     pub fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<Option<u64>, StoreError> {
-        let mut shard = self.write(key);
-        let have = shard.get(key).map_or(0, |e| e.version);
+        let hash = self.hash(key);
+        let mut shard = self.write(hash);
+        let found = shard.find_entry(hash, |(k, _)| k == key).ok();
+        let have = found.as_ref().map_or(0, |o| o.get().1.version);
         if let Some(want) = expected
             && want != have
         {
             return Err(StoreError::VersionMismatch { current: have });
         }
-        Ok(shard.remove(key).map(|e| {
+        Ok(found.map(|o| {
+            let ((_, e), _) = o.remove();
             self.used
                 .fetch_sub(cost(key.len(), e.value.len()), Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Relaxed);
@@ -217,6 +241,30 @@ mod tests {
         assert_eq!(s.delete(b"k", None), Ok(None));
         let v3 = s.put(b"k", b"c", None).unwrap();
         assert!(v3 > v2, "a recreated key never reuses a version");
+    }
+
+    #[test]
+    fn the_key_hash_is_keyed_per_store() {
+        // A fixed hash would let a client precompute keys that collide.
+        let (a, b) = (Store::new(1 << 20), Store::new(1 << 20));
+        assert_ne!(a.hash(b"key:00000001"), b.hash(b"key:00000001"));
+    }
+
+    #[test]
+    fn many_keys_survive_table_growth_in_every_shard() {
+        let s = Store::with_shards(1 << 30, 4);
+        for i in 0..20_000u32 {
+            s.put(&i.to_le_bytes(), &i.to_be_bytes(), None).unwrap();
+        }
+        for i in (0..20_000u32).step_by(2) {
+            assert!(s.delete(&i.to_le_bytes(), None).unwrap().is_some());
+        }
+        assert_eq!(s.len(), 10_000);
+        for i in 0..20_000u32 {
+            let got = s.get(&i.to_le_bytes()).map(|e| e.value);
+            let want = (i % 2 == 1).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
+            assert_eq!(got, want, "key {i}");
+        }
     }
 
     #[test]
