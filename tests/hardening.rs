@@ -287,7 +287,9 @@ async fn sigterm_under_load_answers_or_closes_and_exits_zero() {
             for i in 0u64.. {
                 match c.put(format!("t{t}-{i}"), format!("{i}")).await {
                     Ok(_) => acked += 1,
-                    Err(Error::Closed(_)) => return acked,
+                    // The close itself, or, once the client dials again,
+                    // the refusal of a server that has stopped listening.
+                    Err(Error::Closed(_) | Error::Connect { .. }) => return acked,
                     Err(e) => {
                         panic!("under shutdown a call either succeeds or sees the close, got {e}")
                     }
@@ -446,5 +448,86 @@ fn the_idle_timeout_counts_from_the_last_activity() {
         "closed {:?} after the last request",
         last.elapsed()
     );
+    srv.shutdown();
+}
+
+/// Yields until the client notices that its connection has gone.
+async fn await_disconnect(c: &Client) {
+    let start = Instant::now();
+    while c.is_connected() {
+        assert!(start.elapsed() < HANG_GUARD, "the connection never closed");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idled_out_by_the_server_dials_again_and_authenticates_again() {
+    let path = token_file("redial-token");
+    let srv = server(|c| {
+        c.idle_timeout = Duration::from_millis(200);
+        c.auth_token_file = Some(path.clone());
+    });
+    let opts = ClientOptions {
+        auth_token_file: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = Client::connect_with(srv.local_addr(), opts).await.unwrap();
+    let v = c.put("k", "kept").await.unwrap();
+    await_disconnect(&c).await;
+    // The next call dials, authenticates and succeeds.
+    let got = c.get("k").await.unwrap().unwrap();
+    assert_eq!((&got.value[..], got.version), (&b"kept"[..], v));
+    assert!(c.is_connected());
+    let stats = c.stats().await.unwrap();
+    assert_eq!(common::stat(&stats, "ramkv_connections_total"), 2);
+    srv.shutdown();
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_after_a_drop_share_one_new_connection() {
+    let srv = server(|c| c.idle_timeout = Duration::from_millis(200));
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    c.ping().await.unwrap();
+    await_disconnect(&c).await;
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.put(format!("k{i}"), "v").await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let stats = c.stats().await.unwrap();
+    assert_eq!(common::stat(&stats, "ramkv_connections_total"), 2);
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dials_a_restarted_server_on_the_same_address() {
+    let first = server(|_| {});
+    let addr = first.local_addr();
+    let c = Client::connect(addr).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    first.shutdown();
+    await_disconnect(&c).await;
+    let second = server(|cfg| cfg.listen = addr);
+    // A new server, so the key is gone, but the same client works.
+    assert_eq!(c.get("k").await.unwrap(), None);
+    second.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reconnect_a_dropped_client_fails_with_closed() {
+    let srv = server(|c| c.idle_timeout = Duration::from_millis(200));
+    let opts = ClientOptions {
+        reconnect: false,
+        ..Default::default()
+    };
+    let c = Client::connect_with(srv.local_addr(), opts).await.unwrap();
+    c.ping().await.unwrap();
+    await_disconnect(&c).await;
+    assert!(matches!(c.ping().await, Err(Error::Closed(_))));
     srv.shutdown();
 }

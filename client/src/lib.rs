@@ -1,9 +1,11 @@
 //! Async client for ramkv.
 //!
-//! One [`Client`] is one TCP connection. Any number of tasks may call it at
-//! once: each call gets its own request id, the requests are pipelined on the
-//! connection, and replies, which may come back in any order, are matched to
-//! their callers by id.
+//! One [`Client`] is one TCP connection at a time. Any number of tasks may
+//! call it at once: each call gets its own request id, the requests are
+//! pipelined on the connection, and replies, which may come back in any order,
+//! are matched to their callers by id. When the connection drops (the server's
+//! idle timeout, a restart), the calls waiting on it fail with
+//! [`Error::Closed`], and the next call dials again.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ramkv_client::Error> {
@@ -61,7 +63,9 @@ pub enum Error {
     /// No reply within the call's timeout; the reply, if it comes, is dropped.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The connection is gone; the string says why. Reconnect to go on.
+    /// The connection went while this call waited, or (with
+    /// [`ClientOptions::reconnect`] off) before it. The string says why. The
+    /// request may or may not have been applied, so it is not retried for you.
     #[error("connection closed: {0}")]
     Closed(String),
     /// A compare-and-set found another version: retry with `current`.
@@ -115,6 +119,11 @@ pub struct ClientOptions {
     pub auth_token_file: Option<std::path::PathBuf>,
     /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Dial again (and authenticate again) on the first call after the
+    /// connection dropped, instead of failing every later call with
+    /// [`Error::Closed`]. A long-lived client needs this: the server closes
+    /// idle connections (`--idle-timeout`, 300 s by default).
+    pub reconnect: bool,
 }
 
 impl Default for ClientOptions {
@@ -125,6 +134,7 @@ impl Default for ClientOptions {
             max_frame: 64 << 20,
             auth_token_file: None,
             tls_ca: None,
+            reconnect: true,
         }
     }
 }
@@ -137,12 +147,21 @@ struct Waiting {
     closed: Option<String>,
 }
 
-struct Inner {
+/// One TCP (or TLS) connection and the calls waiting on it.
+struct Conn {
     frames: mpsc::UnboundedSender<Bytes>,
     waiting: Arc<Waiters>,
     next_id: AtomicU64,
-    opts: ClientOptions,
     peer: SocketAddr,
+}
+
+struct Inner {
+    /// The address as given, dialled again on reconnect (so DNS is re-read).
+    target: String,
+    opts: ClientOptions,
+    conn: Mutex<Arc<Conn>>,
+    /// Held while dialling again, so concurrent callers dial once.
+    redial: tokio::sync::Mutex<()>,
 }
 
 /// A connection to a ramkv server; cheap to clone, and every clone shares it.
@@ -167,65 +186,52 @@ impl Client {
         addr: impl ToSocketAddrs + std::fmt::Display,
         opts: ClientOptions,
     ) -> Result<Client, Error> {
-        let token = match &opts.auth_token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
-        };
-        let shown = addr.to_string();
-        let fail = |message: String| Error::Connect {
-            addr: shown.clone(),
-            message,
-        };
-        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| fail(format!("timed out after {:?}", opts.connect_timeout)))?
-            .map_err(|e| fail(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
-        let peer = stream.peer_addr().map_err(|e| fail(e.to_string()))?;
-        let (frames, rx) = mpsc::unbounded_channel();
-        let waiting = Arc::new(Mutex::new(Waiting {
-            by_id: HashMap::new(),
-            closed: None,
-        }));
-        match &opts.tls_ca {
-            Some(ca) => {
-                let connector = tls::connector(ca).map_err(fail)?;
-                let tls = tls::handshake(&connector, &shown, stream)
-                    .await
-                    .map_err(fail)?;
-                let (read, write) = tokio::io::split(tls);
-                tokio::spawn(write_loop(write, rx, waiting.clone()));
-                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
-            }
-            None => {
-                let (read, write) = stream.into_split();
-                tokio::spawn(write_loop(write, rx, waiting.clone()));
-                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
-            }
-        }
-        let client = Client {
+        let target = addr.to_string();
+        let conn = Conn::open(addr, &target, &opts).await?;
+        Ok(Client {
             inner: Arc::new(Inner {
-                frames,
-                waiting,
-                next_id: AtomicU64::new(1),
+                target,
                 opts,
-                peer,
+                conn: Mutex::new(conn),
+                redial: tokio::sync::Mutex::new(()),
             }),
-        };
-        if let Some(token) = token {
-            let resp = client
-                .call(Op::Auth(proto::Auth {
-                    token: token.into(),
-                }))
-                .await?;
-            check(resp, &[])?;
-        }
-        Ok(client)
+        })
     }
 
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.inner.peer
+        self.current().peer
+    }
+
+    /// False once the connection has dropped and no call has dialled again.
+    pub fn is_connected(&self) -> bool {
+        !self.current().is_closed()
+    }
+
+    fn current(&self) -> Arc<Conn> {
+        self.inner
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The live connection, dialling again if it dropped and
+    /// [`ClientOptions::reconnect`] is on.
+    async fn live(&self) -> Result<Arc<Conn>, Error> {
+        let conn = self.current();
+        if !conn.is_closed() || !self.inner.opts.reconnect {
+            return Ok(conn);
+        }
+        let _dialling = self.inner.redial.lock().await;
+        let conn = self.current();
+        if !conn.is_closed() {
+            return Ok(conn); // another caller dialled while this one waited
+        }
+        let target = self.inner.target.as_str();
+        let fresh = Conn::open(target, target, &self.inner.opts).await?;
+        *self.inner.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
     }
 
     /// Sends one request with the default timeout and returns the raw reply,
@@ -237,37 +243,7 @@ impl Client {
     /// Sends one request and waits at most `timeout` for its reply. A reply
     /// that comes later is discarded.
     pub async fn call_with_timeout(&self, op: Op, timeout: Duration) -> Result<Response, Error> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut w = lock(&self.inner.waiting);
-            if let Some(why) = &w.closed {
-                return Err(Error::Closed(why.clone()));
-            }
-            w.by_id.insert(id, tx);
-        }
-        let req = Request { id, op: Some(op) };
-        let mut buf = BytesMut::with_capacity(4 + req.encoded_len());
-        buf.put_u32(req.encoded_len() as u32);
-        req.encode(&mut buf)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        if self.inner.frames.send(buf.freeze()).is_err() {
-            lock(&self.inner.waiting).by_id.remove(&id);
-            return Err(Error::Closed("connection writer stopped".into()));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => {
-                let why = lock(&self.inner.waiting).closed.clone();
-                Err(Error::Closed(
-                    why.unwrap_or_else(|| "connection closed".into()),
-                ))
-            }
-            Err(_) => {
-                lock(&self.inner.waiting).by_id.remove(&id);
-                Err(Error::Timeout(timeout))
-            }
-        }
+        self.live().await?.call(op, timeout).await
     }
 
     /// The value and version of `key`, or `None` if it does not exist.
@@ -391,6 +367,104 @@ impl Client {
                 Ok(s.metrics.into_iter().map(|m| (m.name, m.value)).collect())
             }
             (_, other) => Err(unexpected("STATS", other)),
+        }
+    }
+}
+
+impl Conn {
+    /// Dials `addr` (shown as `shown` in errors), starts the reader and
+    /// writer tasks, and authenticates if the options name a token file.
+    async fn open(
+        addr: impl ToSocketAddrs,
+        shown: &str,
+        opts: &ClientOptions,
+    ) -> Result<Arc<Conn>, Error> {
+        // Read on every dial, so a rotated token is picked up on reconnect.
+        let token = match &opts.auth_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let fail = |message: String| Error::Connect {
+            addr: shown.to_string(),
+            message,
+        };
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail(format!("timed out after {:?}", opts.connect_timeout)))?
+            .map_err(|e| fail(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        let peer = stream.peer_addr().map_err(|e| fail(e.to_string()))?;
+        let (frames, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting {
+            by_id: HashMap::new(),
+            closed: None,
+        }));
+        match &opts.tls_ca {
+            Some(ca) => {
+                let connector = tls::connector(ca).map_err(fail)?;
+                let tls = tls::handshake(&connector, shown, stream)
+                    .await
+                    .map_err(fail)?;
+                let (read, write) = tokio::io::split(tls);
+                tokio::spawn(write_loop(write, rx, waiting.clone()));
+                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+            }
+            None => {
+                let (read, write) = stream.into_split();
+                tokio::spawn(write_loop(write, rx, waiting.clone()));
+                tokio::spawn(read_loop(read, opts.max_frame, waiting.clone()));
+            }
+        }
+        let conn = Arc::new(Conn {
+            frames,
+            waiting,
+            next_id: AtomicU64::new(1),
+            peer,
+        });
+        if let Some(token) = token {
+            let auth = Op::Auth(proto::Auth {
+                token: token.into(),
+            });
+            check(conn.call(auth, opts.timeout).await?, &[])?;
+        }
+        Ok(conn)
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.waiting).closed.is_some()
+    }
+
+    async fn call(&self, op: Op, timeout: Duration) -> Result<Response, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = lock(&self.waiting);
+            if let Some(why) = &w.closed {
+                return Err(Error::Closed(why.clone()));
+            }
+            w.by_id.insert(id, tx);
+        }
+        let req = Request { id, op: Some(op) };
+        let mut buf = BytesMut::with_capacity(4 + req.encoded_len());
+        buf.put_u32(req.encoded_len() as u32);
+        req.encode(&mut buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if self.frames.send(buf.freeze()).is_err() {
+            lock(&self.waiting).by_id.remove(&id);
+            return Err(Error::Closed("connection writer stopped".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => {
+                let why = lock(&self.waiting).closed.clone();
+                Err(Error::Closed(
+                    why.unwrap_or_else(|| "connection closed".into()),
+                ))
+            }
+            Err(_) => {
+                lock(&self.waiting).by_id.remove(&id);
+                Err(Error::Timeout(timeout))
+            }
         }
     }
 }
