@@ -44,5 +44,5 @@ pub mod store;
 pub mod tls;
 pub mod wire;
 
-pub use config::{Arch, Config};
+pub use config::{Arch, Config, WorkerPolicy};
 pub use server::{ServerHandle, StartError, start};

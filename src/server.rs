@@ -253,10 +253,12 @@ pub fn start(cfg: &Config) -> Result<ServerHandle, StartError> {
                 workers,
                 spin: cfg.spin_window(),
                 cores: worker_cores,
+                batch_sched: cfg.batch_workers(),
             };
             tracing::info!(
                 workers,
                 spin_us = pool_cfg.spin.as_micros() as u64,
+                batch_sched = pool_cfg.batch_sched,
                 "starting worker pool"
             );
             let p = lb::start_pool(pool_cfg, service.clone(), metrics.clone())

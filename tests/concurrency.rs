@@ -159,3 +159,55 @@ async fn hundreds_of_connections_at_once() {
         srv.shutdown();
     }
 }
+
+/// The scheduling policy (field 41 of /proc/PID/task/TID/stat) of each of
+/// `pid`'s threads whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32, prefix: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesised name start at field 3.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after_name.split(' ').nth(41 - 3).unwrap();
+        policies.push(policy.parse().unwrap());
+    }
+    policies
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn workers_are_batch_threads_when_they_share_cores_or_when_told() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    // Counted as the server counts them: the CPUs this process may run on.
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    // One dispatcher plus cores + 1 workers cannot each have a core. The
+    // server returns from start only once every worker has set itself up.
+    let workers = (cores + 1).to_string();
+    let (proc, _) = common::spawn_server(&["--workers", &workers]);
+    let policies = thread_policies(proc.0.id(), "ramkv-worker");
+    assert_eq!(policies.len(), cores + 1);
+    assert!(policies.iter().all(|&p| p == SCHED_BATCH), "{policies:?}");
+    drop(proc);
+    if cores >= 2 {
+        let workers = (cores - 1).to_string();
+        let (proc, _) = common::spawn_server(&["--workers", &workers]);
+        let policies = thread_policies(proc.0.id(), "ramkv-worker");
+        assert_eq!(policies.len(), cores - 1);
+        assert!(policies.iter().all(|&p| p == SCHED_OTHER), "{policies:?}");
+    }
+    // The flag overrides the core count either way.
+    let (proc, _) = common::spawn_server(&["--workers", "1", "--worker-policy", "batch"]);
+    assert_eq!(thread_policies(proc.0.id(), "ramkv-worker"), [SCHED_BATCH]);
+    drop(proc);
+    let workers = (cores + 1).to_string();
+    let (proc, _) = common::spawn_server(&["--workers", &workers, "--worker-policy", "normal"]);
+    let policies = thread_policies(proc.0.id(), "ramkv-worker");
+    assert!(policies.iter().all(|&p| p == SCHED_OTHER), "{policies:?}");
+}
