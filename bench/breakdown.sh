@@ -65,8 +65,7 @@ for w in $WORKLOADS; do
   echo "== workload $w" >&2
   mkdir -p "$out/$w"
   systems=$(systems_for "$w")
-  preload=(--preload)
-  case "$w" in bimodal*) preload=() ;; esac
+  read -ra preload <<<"$(preload_for "$w")"
   declare -A peak=()
   low=""
   for sys in $systems; do

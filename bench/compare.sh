@@ -38,7 +38,7 @@ systems_for() {
 {
   echo "# Architecture comparison: $profile run"
   echo
-  echo "- Date: $date (UTC)"
+  echo "- Date: $date (UTC), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   machine_lines
   echo "- Command: \`bench/compare.sh $profile\` (DURATION=$DURATION, WARMUP=$WARMUP per point, SLO p99 ≤ ${SLO_US} µs)"
   echo "- Offered rates: ${FRACTIONS[*]} × lb's closed-loop peak, the same for every system"
@@ -49,8 +49,7 @@ for w in $WORKLOADS; do
   echo "== workload $w" >&2
   mkdir -p "$out/$w"
   systems=$(systems_for "$w")
-  preload=(--preload)
-  case "$w" in bimodal*) preload=() ;; esac
+  read -ra preload <<<"$(preload_for "$w")"
   # The reference peak: lb, closed loop.
   start_system lb
   lb_peak=$(bench --preset "$w" "${preload[@]}" --concurrency 4 --duration "$DURATION" --warmup "$WARMUP" --json | field achieved_rate)
@@ -95,7 +94,8 @@ done
 # The targets, as ratios measured in this run.
 slo_best() { awk -F, -v slo="$SLO_US" 'NR > 1 && $7 <= slo && $3 == 0 && $4 == 0 && $2 >= 0.95 * $1 && $2 > b { b = $2 } END { print b + 0 }' "$1"; }
 p99_at() { awk -F, -v row="$2" 'NR == row + 1 { print $7 }' "$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# a / b; "∞" when only b is 0 (say, memcached met the SLO at no rate at all).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else if (a > 0) print "∞"; else print "n/a" }'; }
 {
   echo "## Targets"
   echo

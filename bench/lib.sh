@@ -60,6 +60,9 @@ stop_system() {
 }
 trap stop_system EXIT
 
+# ramkv-bench's preload flag for workload $1: the SPIN workloads store nothing.
+preload_for() { case "$1" in bimodal*) ;; *) echo --preload ;; esac; }
+
 # Runs ramkv-bench against the current target, pinned to the generator cores.
 bench() { taskset -c "$gen_cpus" "$BIN/ramkv-bench" --target "$target" --threads "$gen_threads" --connections "$conns" --quiet "$@"; }
 # Reads one field from ramkv-bench's --json line on stdin.
