@@ -69,7 +69,7 @@ verdict=PASS
 {
   echo "# Soak test: $verdict"
   echo
-  echo "- Date: $date (UTC); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+  echo "- Date: $date (UTC), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
   echo "- Command: \`DURATION=$DURATION RATE=$RATE bench/soak.sh\`"
   echo "- Load: ramkv-bench --preset etc at $RATE req/s over 8 connections for ${DURATION} s"
   echo "- Faults injected: $injected connections (opened and dropped, vanished mid-frame, garbage, never-reading floods)"
