@@ -7,9 +7,11 @@
 # For every workload it measures each system's closed-loop peak, then sweeps
 # the same offered rates (fractions of lb's peak) against every system:
 # ramkv in each --arch, memcached (-t = server cores) and redis-server.
+# Then, unless BREAKDOWN=0, bench/breakdown.sh explains where the time went
+# (<name>-breakdown.md), so this one command reproduces the whole comparison.
 # Environment overrides: BIN (release binaries), MEMCACHED, REDIS, WORKLOADS,
 # DURATION, WARMUP, SLO_US, MACHINE, NAME (the results file's name, for runs
-# split by WORKLOADS across several calls).
+# split by WORKLOADS across several calls), BREAKDOWN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,4 +129,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
   done
   echo
 } >> "$md"
+if [ "${BREAKDOWN:-1}" = 1 ]; then
+  stop_system
+  NAME="$name-breakdown" WORKLOADS="$WORKLOADS" bash bench/breakdown.sh "$profile"
+  {
+    echo "Where the time goes, and server CPU per request against memcached, with every system at"
+    echo "the same offered load: [$name-breakdown.md]($name-breakdown.md)."
+    echo
+  } >> "$md"
+fi
 echo "wrote $md" >&2

@@ -22,10 +22,10 @@ Both start with this setup (call it $SETUP):
   export LD_LIBRARY_PATH=/tmp/root/usr/lib/x86_64-linux-gnu BIN=.carry/bin \
     MEMCACHED=/tmp/root/usr/bin/memcached REDIS=/tmp/root/usr/bin/redis-server PERF=/tmp/root/usr/bin/perf &&
 Call 1:
-  $SETUP WORKLOADS="uniform hot-conns bimodal" DURATION=1s WARMUP=500ms NAME=$(date -u +%F)-16core-a \
+  $SETUP WORKLOADS="uniform hot-conns bimodal" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-a \
     bash bench/compare.sh full; tar czf $OUT/a.tgz bench/results/*-16core*
 Call 2 (each step saves its results to $OUT before the next starts):
-  $SETUP WORKLOADS="bimodal-50 large" DURATION=1s WARMUP=500ms NAME=$(date -u +%F)-16core-b \
+  $SETUP WORKLOADS="bimodal-50 large" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-b \
     bash bench/compare.sh full; tar czf $OUT/b.tgz bench/results/*-16core*;
   DURATION_S=2 WARMUP=500ms NAME=$(date -u +%F)-16core-breakdown bash bench/breakdown.sh full;
   tar czf $OUT/c.tgz bench/results/*-16core-breakdown*
