@@ -531,3 +531,64 @@ async fn without_reconnect_a_dropped_client_fails_with_closed() {
     assert!(matches!(c.ping().await, Err(Error::Closed(_))));
     srv.shutdown();
 }
+
+/// Reads one length-prefixed request from a blocking socket.
+fn read_request(s: &mut TcpStream) -> Request {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    prost::Message::decode(&body[..]).unwrap()
+}
+
+#[tokio::test] // current_thread: spawned callers run only when this task yields
+async fn callers_waiting_on_a_failed_redial_share_its_error_instead_of_each_dialling() {
+    // A scripted server: it accepts the first connection and its AUTH, then
+    // drops it on cue; it takes the re-dial's AUTH but never answers it, and
+    // drops that connection on cue too, so the re-dial fails.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cue, cues) = std::sync::mpsc::channel::<()>();
+    let script = std::thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        let auth = read_request(&mut first);
+        let ok = ramkv::wire::Response {
+            id: auth.id,
+            status: Status::Ok as i32,
+            ..Default::default()
+        };
+        first.write_all(&frame(&ok)).unwrap();
+        cues.recv().unwrap();
+        drop(first);
+        let (mut redial, _) = listener.accept().unwrap();
+        read_request(&mut redial);
+        cues.recv().unwrap();
+        drop(redial);
+        cues.recv().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listener.accept().is_ok() // a third dial?
+    });
+    let path = token_file("scripted");
+    let opts = ClientOptions {
+        auth_token_file: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = Client::connect_with(addr, opts).await.unwrap();
+    cue.send(()).unwrap(); // drop the first connection
+    await_disconnect(&c).await;
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.ping().await })
+        })
+        .collect();
+    // One poll each: one caller is dialling, the other seven wait behind it.
+    tokio::task::yield_now().await;
+    cue.send(()).unwrap(); // fail the re-dial
+    for caller in callers {
+        assert!(matches!(caller.await.unwrap(), Err(Error::Closed(_))));
+    }
+    cue.send(()).unwrap();
+    assert!(!script.join().unwrap(), "a waiting caller dialled again");
+    let _ = std::fs::remove_file(path);
+}

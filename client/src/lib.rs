@@ -162,6 +162,9 @@ struct Inner {
     conn: Mutex<Arc<Conn>>,
     /// Held while dialling again, so concurrent callers dial once.
     redial: tokio::sync::Mutex<()>,
+    /// When the last re-dial failed, and why: callers that were already
+    /// waiting for it get that answer instead of each dialling in turn.
+    failed_dial: Mutex<Option<(Instant, Error)>>,
 }
 
 /// A connection to a ramkv server; cheap to clone, and every clone shares it.
@@ -170,8 +173,10 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, Waiting> {
-    w.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks `m` even if a panicking holder poisoned it: every value kept under
+/// these locks is whole between statements.
+fn lock_any<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Client {
@@ -194,6 +199,7 @@ impl Client {
                 opts,
                 conn: Mutex::new(conn),
                 redial: tokio::sync::Mutex::new(()),
+                failed_dial: Mutex::new(None),
             }),
         })
     }
@@ -209,29 +215,43 @@ impl Client {
     }
 
     fn current(&self) -> Arc<Conn> {
-        self.inner
-            .conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock_any(&self.inner.conn).clone()
     }
 
     /// The live connection, dialling again if it dropped and
-    /// [`ClientOptions::reconnect`] is on.
+    /// [`ClientOptions::reconnect`] is on. Callers that arrive together share
+    /// one dial: its connection if it succeeds, its error if it fails. A
+    /// caller that arrives after a failure dials again.
     async fn live(&self) -> Result<Arc<Conn>, Error> {
         let conn = self.current();
         if !conn.is_closed() || !self.inner.opts.reconnect {
             return Ok(conn);
         }
+        let asked = Instant::now();
         let _dialling = self.inner.redial.lock().await;
         let conn = self.current();
         if !conn.is_closed() {
             return Ok(conn); // another caller dialled while this one waited
         }
+        let failed_meanwhile = match &*lock_any(&self.inner.failed_dial) {
+            Some((at, why)) if *at >= asked => Some(why.clone()),
+            _ => None,
+        };
+        if let Some(why) = failed_meanwhile {
+            return Err(why); // a dial failed while this one waited
+        }
         let target = self.inner.target.as_str();
-        let fresh = Conn::open(target, target, &self.inner.opts).await?;
-        *self.inner.conn.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        Ok(fresh)
+        match Conn::open(target, target, &self.inner.opts).await {
+            Ok(fresh) => {
+                *lock_any(&self.inner.conn) = fresh.clone();
+                *lock_any(&self.inner.failed_dial) = None;
+                Ok(fresh)
+            }
+            Err(e) => {
+                *lock_any(&self.inner.failed_dial) = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Sends one request with the default timeout and returns the raw reply,
@@ -431,14 +451,14 @@ impl Conn {
     }
 
     fn is_closed(&self) -> bool {
-        lock(&self.waiting).closed.is_some()
+        lock_any(&self.waiting).closed.is_some()
     }
 
     async fn call(&self, op: Op, timeout: Duration) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut w = lock(&self.waiting);
+            let mut w = lock_any(&self.waiting);
             if let Some(why) = &w.closed {
                 return Err(Error::Closed(why.clone()));
             }
@@ -450,19 +470,19 @@ impl Conn {
         req.encode(&mut buf)
             .map_err(|e| Error::Protocol(e.to_string()))?;
         if self.frames.send(buf.freeze()).is_err() {
-            lock(&self.waiting).by_id.remove(&id);
+            lock_any(&self.waiting).by_id.remove(&id);
             return Err(Error::Closed("connection writer stopped".into()));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(_)) => {
-                let why = lock(&self.waiting).closed.clone();
+                let why = lock_any(&self.waiting).closed.clone();
                 Err(Error::Closed(
                     why.unwrap_or_else(|| "connection closed".into()),
                 ))
             }
             Err(_) => {
-                lock(&self.waiting).by_id.remove(&id);
+                lock_any(&self.waiting).by_id.remove(&id);
                 Err(Error::Timeout(timeout))
             }
         }
@@ -559,7 +579,7 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(r: R, max_frame: usize, wait
             break format!("server: {}", resp.message);
         }
         let ends_connection = resp.status == Status::Unauthenticated as i32;
-        if let Some(tx) = lock(&waiting).by_id.remove(&resp.id) {
+        if let Some(tx) = lock_any(&waiting).by_id.remove(&resp.id) {
             let _ = tx.send(resp);
         }
         if ends_connection {
@@ -570,7 +590,7 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(r: R, max_frame: usize, wait
 }
 
 fn fail_all(waiting: &Waiters, why: String) {
-    let mut w = lock(waiting);
+    let mut w = lock_any(waiting);
     w.closed.get_or_insert(why);
     w.by_id.clear();
 }
