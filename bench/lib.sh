@@ -20,7 +20,7 @@ workers=$(( ncores - disp )); [ "$workers" -ge 1 ] || workers=1
 ramkv_common=(--enable-spin-op --spin-op-max-us 1000000 --max-memory 8GiB --log-level warn)
 
 machine_lines() {
-  echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB"
+  echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
   echo "- Server cores: \`$server_cpus\` ($ncores), generator cores: \`$gen_cpus\` ($gen_threads threads), $conns connections"
   echo "- lb: $disp dispatcher(s) + $workers worker(s); inline-N and memcached -t use all $ncores server core(s); redis-server is single-threaded"
 }

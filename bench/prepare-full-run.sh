@@ -21,8 +21,10 @@ Both start with this setup (call it $SETUP):
   mkdir -p /tmp/root && for d in .carry/debs/*.deb; do dpkg -x "$d" /tmp/root; done &&
   export LD_LIBRARY_PATH=/tmp/root/usr/lib/x86_64-linux-gnu BIN=.carry/bin \
     MEMCACHED=/tmp/root/usr/bin/memcached REDIS=/tmp/root/usr/bin/redis-server PERF=/tmp/root/usr/bin/perf &&
-Call 1:
-  $SETUP WORKLOADS="uniform hot-conns bimodal" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-a \
+Call 1 (it first records what the machine is: the lent machines may run under gVisor, where
+the kernel reports 4.4.0, taskset may not isolate anything and perf has no events):
+  $SETUP { uname -a; nproc; taskset -cp $$; "$PERF" stat -e task-clock true; } > $OUT/env.txt 2>&1;
+  WORKLOADS="uniform hot-conns bimodal" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-a \
     bash bench/compare.sh full; tar czf $OUT/a.tgz bench/results/*-16core*
 Call 2 (each step saves its results to $OUT before the next starts):
   $SETUP WORKLOADS="bimodal-50 large" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-b \
