@@ -31,8 +31,10 @@ pub const ENTRY_OVERHEAD: u64 = 96;
 pub struct Entry {
     /// The value bytes, shared (not copied) with every reader.
     pub value: Bytes,
-    /// Strictly increasing across all writes to the store, so a
-    /// delete-then-recreate never reuses a version a client may still hold.
+    /// Unique across the store and increasing with every write to the key,
+    /// so a delete-then-recreate never reuses a version a client may still
+    /// hold. Each shard numbers its own writes under its lock, with the
+    /// shard's index in the low bits, so writers share no counter.
     pub version: u64,
 }
 
@@ -57,8 +59,13 @@ pub enum StoreError {
     },
 }
 
-/// One shard: (key, entry) pairs found by their precomputed hash.
-type Shard = HashTable<(Bytes, Entry)>;
+/// One shard: (key, entry) pairs found by their precomputed hash, and the
+/// count of writes it has numbered.
+#[derive(Default)]
+struct Shard {
+    table: HashTable<(Bytes, Entry)>,
+    writes: u64,
+}
 
 /// The concurrent key-value map shared by every worker.
 pub struct Store {
@@ -68,7 +75,6 @@ pub struct Store {
     used: AtomicU64,
     limit: u64,
     entries: AtomicUsize,
-    last_version: AtomicU64,
 }
 
 fn cost(key_len: usize, value_len: usize) -> u64 {
@@ -86,13 +92,12 @@ impl Store {
         let n = shards.max(1).next_power_of_two();
         Store {
             shards: (0..n)
-                .map(|_| CachePadded::new(RwLock::new(Shard::new())))
+                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
                 .collect(),
             hasher: RandomState::new(),
             used: AtomicU64::new(0),
             limit,
             entries: AtomicUsize::new(0),
-            last_version: AtomicU64::new(0),
         }
     }
 
@@ -100,26 +105,29 @@ impl Store {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+    fn shard_index(&self, hash: u64) -> usize {
         // Bits 32 and up: the table uses the low bits for the bucket and the
         // top seven as a tag, so shard choice must not fix either.
-        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+        (hash >> 32) as usize & (self.shards.len() - 1)
     }
 
     fn read(&self, hash: u64) -> RwLockReadGuard<'_, Shard> {
         // A poisoned lock only means a panic elsewhere; the map itself is
         // never left half-updated by this module, so keep serving.
-        self.shard(hash).read().unwrap_or_else(|e| e.into_inner())
+        let shard = &self.shards[self.shard_index(hash)];
+        shard.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self, hash: u64) -> RwLockWriteGuard<'_, Shard> {
-        self.shard(hash).write().unwrap_or_else(|e| e.into_inner())
+        let shard = &self.shards[self.shard_index(hash)];
+        shard.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current value and version of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Entry> {
         let hash = self.hash(key);
         self.read(hash)
+            .table
             .find(hash, |(k, _)| k == key)
             .map(|(_, e)| e.clone())
     }
@@ -132,8 +140,11 @@ impl Store {
         // connection's read buffer, which it would otherwise keep alive.
         let value = Bytes::copy_from_slice(value);
         let hash = self.hash(key);
-        let mut shard = self.write(hash);
-        let slot = shard.entry(hash, |(k, _)| k == key, |(k, _)| self.hash(k));
+        let mut guard = self.write(hash);
+        let shard = &mut *guard;
+        let slot = shard
+            .table
+            .entry(hash, |(k, _)| k == key, |(k, _)| self.hash(k));
         let current = match &slot {
             Slot::Occupied(o) => Some((o.get().1.version, o.get().1.value.len())),
             Slot::Vacant(_) => None,
@@ -148,10 +159,14 @@ impl Store {
         let old_cost = current.map_or(0, |(_, len)| cost(key.len(), len));
         if new_cost > old_cost {
             self.reserve(new_cost - old_cost)?;
-        } else {
+        } else if new_cost < old_cost {
             self.used.fetch_sub(old_cost - new_cost, Ordering::Relaxed);
         }
-        let version = self.last_version.fetch_add(1, Ordering::Relaxed) + 1;
+        // This shard's write count, above its index: unique store-wide, and
+        // increasing per key, with no counter shared between shards.
+        shard.writes += 1;
+        let version =
+            (shard.writes << self.shards.len().trailing_zeros()) | self.shard_index(hash) as u64;
         match slot {
             Slot::Occupied(mut o) => o.get_mut().1 = Entry { value, version },
             Slot::Vacant(v) => {
@@ -180,7 +195,7 @@ impl Store {
     pub fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<Option<u64>, StoreError> {
         let hash = self.hash(key);
         let mut shard = self.write(hash);
-        let found = shard.find_entry(hash, |(k, _)| k == key).ok();
+        let found = shard.table.find_entry(hash, |(k, _)| k == key).ok();
         let have = found.as_ref().map_or(0, |o| o.get().1.version);
         if let Some(want) = expected
             && want != have
@@ -264,6 +279,24 @@ mod tests {
             let got = s.get(&i.to_le_bytes()).map(|e| e.value);
             let want = (i % 2 == 1).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
             assert_eq!(got, want, "key {i}");
+        }
+    }
+
+    #[test]
+    fn versions_are_unique_store_wide_and_increase_per_key() {
+        let s = Store::with_shards(1 << 30, 8);
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..3u32 {
+            for i in 0..2_000u32 {
+                let key = i.to_le_bytes();
+                let before = s.get(&key).map_or(0, |e| e.version);
+                if round == 1 && i % 2 == 0 {
+                    s.delete(&key, None).unwrap();
+                }
+                let v = s.put(&key, b"v", None).unwrap();
+                assert!(v > before, "key {i}: {v} after {before}");
+                assert!(seen.insert(v), "version {v} issued twice");
+            }
         }
     }
 
