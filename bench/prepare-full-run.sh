@@ -12,6 +12,10 @@ mkdir -p .carry/bin .carry/debs
 for b in ramkv-server ramkv ramkv-bench; do
   strip --strip-debug -o ".carry/bin/$b" "target/release/$b"
 done
+# The store map benchmark too, to rerun its contention test on many cores.
+zipf=$(cargo bench --bench store_zipf --no-run --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*store_zipf[^"]*\)".*/\1/p' | tail -1)
+strip --strip-debug -o .carry/bin/store_zipf "$zipf"
 (cd .carry/debs && apt-get download memcached redis-server redis-tools libevent-2.1-7 libsasl2-2 liblzf1 libjemalloc2 \
   linux-perf libbabeltrace1 libdw1 libelf1 libnuma1 libopencsd1 libperl5.36 libpython3.11 libslang2 libunwind8 libtraceevent1)
 du -sh .carry
@@ -30,6 +34,7 @@ Call 2 (each step saves its results to $OUT before the next starts):
   $SETUP WORKLOADS="bimodal-50 large" DURATION=1s WARMUP=500ms BREAKDOWN=0 NAME=$(date -u +%F)-16core-b \
     bash bench/compare.sh full; tar czf $OUT/b.tgz bench/results/*-16core*;
   DURATION_S=2 WARMUP=500ms NAME=$(date -u +%F)-16core-breakdown bash bench/breakdown.sh full;
-  tar czf $OUT/c.tgz bench/results/*-16core-breakdown*
+  tar czf $OUT/c.tgz bench/results/*-16core-breakdown*;
+  taskset -c 0-7 .carry/bin/store_zipf 8 2 > $OUT/store-zipf-8threads.txt
 Then unpack the archives here, and update the README's findings from them.
 MSG
