@@ -73,8 +73,8 @@ pub struct Config {
     /// a woken worker from preempting the dispatcher that woke it, so on a
     /// shared core the worker drains a whole round of requests at once:
     /// more throughput, about 10 µs more latency at low load (measured on one
-    /// shared core). `auto` is `batch`
-    /// when threads outnumber cores, else `normal`.
+    /// shared core). `auto` is `batch` when threads outnumber cores, else
+    /// `normal`.
     #[arg(long, value_enum, default_value = "auto")]
     pub worker_policy: WorkerPolicy,
 
