@@ -216,10 +216,13 @@ impl Config {
     }
 
     /// True when lb's dispatchers and workers outnumber the cores this
-    /// process may run on, so some of them take turns on a core.
+    /// process may run on, so some of them take turns on a core. The cores
+    /// are the fewer of the CPUs in its affinity mask and its CPU quota (a
+    /// container limited to 2 CPUs of 16 must not spin as if it had 16).
     pub fn threads_share_cores(&self) -> bool {
-        let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
-        cores < self.dispatchers + self.worker_count()
+        let pinnable = core_affinity::get_core_ids().map_or(1, |c| c.len());
+        let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
+        pinnable.min(quota) < self.dispatchers + self.worker_count()
     }
 
     /// Whether lb's workers run as SCHED_BATCH, from the flag or the core count.

@@ -185,8 +185,11 @@ fn thread_policies(pid: u32, prefix: &str) -> Vec<u32> {
 fn workers_are_batch_threads_when_they_share_cores_or_when_told() {
     const SCHED_OTHER: u32 = 0;
     const SCHED_BATCH: u32 = 3;
-    // Counted as the server counts them: the CPUs this process may run on.
-    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    // Counted as the server counts them: the fewer of the CPUs this process
+    // may run on and its CPU quota.
+    let pinnable = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let quota = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = pinnable.min(quota);
     // One dispatcher plus cores + 1 workers cannot each have a core. The
     // server returns from start only once every worker has set itself up.
     let workers = (cores + 1).to_string();
