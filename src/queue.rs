@@ -385,6 +385,16 @@ mod tests {
     use std::sync::atomic::{AtomicU32, AtomicU64};
     use std::sync::mpsc;
 
+    /// An unpinned pool of `workers` with the given spin window.
+    fn test_pool(workers: usize, spin: Duration) -> PoolConfig {
+        PoolConfig {
+            workers,
+            spin,
+            cores: vec![],
+            batch_sched: false,
+        }
+    }
+
     /// N producers and M workers: every task runs exactly once and nothing
     /// stalls. Producers pause between bursts so workers keep parking and
     /// being woken, which is where a lost wake-up would show.
@@ -396,12 +406,7 @@ mod tests {
         let runs: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(0)).collect());
         let (done_tx, done_rx) = mpsc::channel();
         let metrics = Arc::new(Metrics::new(workers, 1));
-        let cfg = PoolConfig {
-            workers,
-            spin,
-            cores: vec![],
-            batch_sched: false,
-        };
+        let cfg = test_pool(workers, spin);
         let pool = {
             let runs = runs.clone();
             let done_tx = Mutex::new(done_tx);
@@ -465,12 +470,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1, 1));
         let (tx, rx) = mpsc::channel::<u32>();
         let tx = Mutex::new(tx);
-        let cfg = PoolConfig {
-            workers: 1,
-            spin: Duration::ZERO,
-            cores: vec![],
-            batch_sched: false,
-        };
+        let cfg = test_pool(1, Duration::ZERO);
         let pool = WorkerPool::start(cfg, metrics.clone(), move |t: u32, _: &WorkerCtx| {
             let _ = tx.lock().unwrap().send(t);
         })
@@ -501,12 +501,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(WORKERS, 1));
         let (tx, rx) = mpsc::channel::<usize>();
         let tx = Mutex::new(tx);
-        let cfg = PoolConfig {
-            workers: WORKERS,
-            spin: Duration::from_secs(5),
-            cores: vec![],
-            batch_sched: false,
-        };
+        let cfg = test_pool(WORKERS, Duration::from_secs(5));
         let pool = WorkerPool::start(cfg, metrics.clone(), move |_: u32, ctx: &WorkerCtx| {
             let _ = tx.lock().unwrap().send(ctx.index);
         })
@@ -552,12 +547,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1, 1));
         let (tx, rx) = mpsc::channel::<u32>();
         let tx = Mutex::new(tx);
-        let cfg = PoolConfig {
-            workers: 1,
-            spin: Duration::ZERO,
-            cores: vec![],
-            batch_sched: false,
-        };
+        let cfg = test_pool(1, Duration::ZERO);
         let pool = WorkerPool::start(cfg, metrics, move |t: u32, _: &WorkerCtx| {
             assert_ne!(t, 0, "task 0 panics on purpose");
             let _ = tx.lock().unwrap().send(t);
@@ -578,12 +568,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(2, 1));
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
-        let cfg = PoolConfig {
-            workers: 2,
-            spin: Duration::ZERO,
-            cores: vec![],
-            batch_sched: false,
-        };
+        let cfg = test_pool(2, Duration::ZERO);
         let pool = WorkerPool::start(cfg, metrics, move |_: u8, _: &WorkerCtx| {
             c.fetch_add(1, Ordering::Relaxed);
         })
