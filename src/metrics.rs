@@ -66,9 +66,10 @@ const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
 
 /// A log-linear nanosecond histogram (the HdrHistogram layout at 3 bits of
 /// precision). A sample costs a shift and a mask to find its bucket and two
-/// relaxed adds on the thread's own cache lines (bucket and sum), so every
-/// request can be recorded, and quantiles are exact to within 12.5%. The
-/// power-of-two histogram it replaced could only say "between 65 and 131 µs".
+/// relaxed adds on the thread's own cache lines (bucket and sum): about
+/// 5.4 ns against 2.9 ns for the power-of-two histogram it replaced
+/// (`cargo bench --bench metrics_record`), which could only say "between 65
+/// and 131 µs". Quantiles are exact to within 12.5%.
 pub struct LatencyHistogram {
     buckets: [AtomicU64; BUCKETS],
     sum_ns: AtomicU64,
