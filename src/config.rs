@@ -34,7 +34,7 @@ pub enum Arch {
 
 /// `ramkv-server`: a key-value RPC server that load-balances messages, not connections.
 #[derive(Clone, Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "ramkv-server", version = crate::VERSION, about, long_about = None)]
 pub struct Config {
     /// Address to listen on. Loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:7878")]

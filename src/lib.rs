@@ -45,4 +45,13 @@ pub mod tls;
 pub mod wire;
 
 pub use config::{Arch, Config, WorkerPolicy};
+
+/// The version and the commit this server was built from (`-dirty` when the
+/// tree had uncommitted changes), as `--version` and the startup log show it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RAMKV_COMMIT"),
+    ")"
+);
 pub use server::{ServerHandle, StartError, start};

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         server.local_addr(),
         cfg.arch
     );
-    tracing::info!(addr = %server.local_addr(), arch = ?cfg.arch, dispatchers = cfg.dispatchers, reuseport = cfg.reuseport, "serving");
+    tracing::info!(version = ramkv::VERSION, addr = %server.local_addr(), arch = ?cfg.arch, dispatchers = cfg.dispatchers, reuseport = cfg.reuseport, "serving");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,20 +5,14 @@
 //! [`Request`] and how a [`Response`] becomes bytes, so every architecture
 //! (load-balanced, inline, thread-per-connection) frames identically.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::LengthDelimitedCodec;
 
-/// Generated protobuf types (`ramkv.v1`); `proto/ramkv.proto` documents them.
-#[allow(missing_docs)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/ramkv.v1.rs"));
-}
-
-pub use pb::{Request, Response, Status};
-
-/// Bytes in a frame header.
-pub const HEADER_LEN: usize = 4;
+/// The protobuf types (`ramkv.v1`), generated once in the `ramkv-proto` crate
+/// and shared with the client; `proto/ramkv.proto` documents them.
+pub use ramkv_proto as pb;
+pub use ramkv_proto::{HEADER_LEN, Request, Response, Status, frame_len};
 
 /// Builds the frame splitter. The codec rejects a frame whose header announces
 /// more than `max_frame_len` bytes before allocating anything for it.
@@ -60,25 +54,15 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
     })
 }
 
-/// Appends `resp` as one frame to `out`. Never fails: `out` grows as needed.
+/// Appends `resp` as one frame to `out`. Every response the service builds is
+/// bounded by `--max-frame` (at most 4 GiB), so the frame always fits; one
+/// that did not would be replaced by an INTERNAL reply rather than cut short.
 pub fn encode_response(resp: &Response, out: &mut BytesMut) {
-    encode_frame(resp, out)
-}
-
-/// Appends any message as one frame to `out`.
-pub fn encode_frame<M: Message>(msg: &M, out: &mut BytesMut) {
-    let len = msg.encoded_len();
-    out.reserve(HEADER_LEN + len);
-    // A message longer than u32::MAX cannot exist here: every response is
-    // bounded by the max frame length checked in the service.
-    out.put_u32(len as u32);
-    // Cannot fail: capacity was reserved above.
-    let _ = msg.encode(out);
-}
-
-/// Encoded size of `msg` as a frame, header included.
-pub fn frame_len<M: Message>(msg: &M) -> usize {
-    HEADER_LEN + msg.encoded_len()
+    if let Err(e) = ramkv_proto::encode_frame(resp, out) {
+        let fallback = error_response(resp.id, Status::Internal, e.to_string());
+        // A short error message always fits.
+        let _ = ramkv_proto::encode_frame(&fallback, out);
+    }
 }
 
 /// A response with only an id, a status and a message: the shape of every error.

@@ -16,12 +16,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The crate also holds the `ramkv` CLI and the `ramkv-bench` load generator,
-//! whose workload and measurement code lives in [`mod@bench`].
+//! The crate also holds the `ramkv` command-line client, behind the `cli`
+//! feature, so that the library's users compile no argument parser.
 
 #![warn(missing_docs)]
 
-pub mod bench;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -30,18 +31,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream_lite::next_frame;
 
-/// The protocol's generated types (`proto/ramkv.proto`), shared with the server.
-#[allow(missing_docs)]
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/ramkv.v1.rs"));
-}
+/// The protocol's types (`proto/ramkv.proto`), the very ones the server uses.
+pub use ramkv_proto as proto;
 
 use proto::request::Op;
 use proto::response::Result as Res;
@@ -465,10 +463,11 @@ impl Conn {
             w.by_id.insert(id, tx);
         }
         let req = Request { id, op: Some(op) };
-        let mut buf = BytesMut::with_capacity(4 + req.encoded_len());
-        buf.put_u32(req.encoded_len() as u32);
-        req.encode(&mut buf)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(proto::frame_len(&req));
+        if let Err(e) = proto::encode_frame(&req, &mut buf) {
+            lock_any(&self.waiting).by_id.remove(&id);
+            return Err(Error::Protocol(e.to_string()));
+        }
         if self.frames.send(buf.freeze()).is_err() {
             lock_any(&self.waiting).by_id.remove(&id);
             return Err(Error::Closed("connection writer stopped".into()));

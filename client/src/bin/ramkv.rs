@@ -5,24 +5,27 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ramkv_client::cli::ConnectArgs;
 use ramkv_client::{Client, ClientOptions, Error};
 
-/// Command-line client for a ramkv server.
+/// Command-line client for a ramkv server. Every flag may come before or
+/// after the subcommand.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7878", env = "RAMKV_SERVER")]
+    /// Server address (host:port).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7878",
+        env = "RAMKV_SERVER"
+    )]
     server: String,
-    /// How long to wait for a reply, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    timeout_ms: u64,
-    /// Authenticate with the token in this file.
-    #[arg(long)]
-    auth_token_file: Option<std::path::PathBuf>,
-    /// Connect with TLS, trusting the CA certificate(s) in this PEM file.
-    #[arg(long)]
-    tls_ca: Option<std::path::PathBuf>,
+    /// How long to wait for each reply (e.g. 500ms, 5s).
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -68,9 +71,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let opts = ClientOptions {
-        timeout: Duration::from_millis(cli.timeout_ms),
-        auth_token_file: cli.auth_token_file.clone(),
-        tls_ca: cli.tls_ca.clone(),
+        timeout: cli.timeout,
+        connect_timeout: cli.connect.connect_timeout,
+        auth_token_file: cli.connect.auth_token_file.clone(),
+        tls_ca: cli.connect.tls_ca.clone(),
         ..Default::default()
     };
     let client = Client::connect_with(cli.server.as_str(), opts).await?;

@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::proto::{self, Request, Response, Status, request::Op};
+use ramkv_proto::{self as proto, Request, Response, Status, request::Op};
 
 /// What a target server is and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]

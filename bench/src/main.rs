@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use ramkv_client::bench::dist::{KeyDist, ServiceDist, SizeDist, parse_duration};
-use ramkv_client::bench::engine::{self, Mode, RunConfig, Workload};
-use ramkv_client::bench::protocol::Target;
-use ramkv_client::bench::report::{Series, Summary, svg_plot};
+use ramkv_bench::dist::{KeyDist, ServiceDist, SizeDist, parse_duration};
+use ramkv_bench::engine::{self, Mode, RunConfig, Workload};
+use ramkv_bench::protocol::Target;
+use ramkv_bench::report::{Series, Summary, svg_plot};
 
 /// Load generator for ramkv, memcached and Redis. Measures latency from each
 /// request's scheduled send time, so a stall cannot hide (no coordinated omission).
@@ -327,7 +327,7 @@ fn meets(s: &Summary, q: &str, bound_us: f64) -> bool {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(addr) = &args.echo_server {
-        return ramkv_client::bench::protocol::echo_server(addr)
+        return ramkv_bench::protocol::echo_server(addr)
             .with_context(|| format!("echo server on {addr}"));
     }
     if let Some(out) = &args.plot {

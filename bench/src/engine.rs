@@ -642,7 +642,7 @@ pub async fn connect(
     let mut s = match tls {
         Some(connector) => {
             let (rd, wr) =
-                tokio::io::split(crate::tls::handshake(connector, &target.addr, tcp).await?);
+                tokio::io::split(ramkv_client::tls::handshake(connector, &target.addr, tcp).await?);
             Link {
                 rd: Box::new(rd),
                 wr: Box::new(wr),
@@ -657,9 +657,9 @@ pub async fn connect(
         }
     };
     if let (Some(token), Kind::Ramkv) = (token, target.kind) {
-        let req = crate::proto::Request {
+        let req = ramkv_proto::Request {
             id: 1,
-            op: Some(crate::proto::request::Op::Auth(crate::proto::Auth {
+            op: Some(ramkv_proto::request::Op::Auth(ramkv_proto::Auth {
                 token: Bytes::copy_from_slice(token),
             })),
         };
@@ -679,9 +679,9 @@ pub async fn connect(
         s.rd.read_exact(&mut body)
             .await
             .map_err(|e| format!("auth: {e}"))?;
-        let resp: crate::proto::Response =
+        let resp: ramkv_proto::Response =
             prost::Message::decode(&body[..]).map_err(|e| format!("auth: {e}"))?;
-        if resp.status != crate::proto::Status::Ok as i32 {
+        if resp.status != ramkv_proto::Status::Ok as i32 {
             return Err(format!("authentication refused: {}", resp.message));
         }
     }

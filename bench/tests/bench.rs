@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use ramkv_client::bench::dist::{KeyDist, SizeDist};
-use ramkv_client::bench::engine::{self, Mode, RunConfig, RunResult, Workload};
-use ramkv_client::bench::protocol::Target;
-use ramkv_client::proto::{Request, Response, Status};
+use ramkv_bench::dist::{KeyDist, SizeDist};
+use ramkv_bench::engine::{self, Mode, RunConfig, RunResult, Workload};
+use ramkv_bench::protocol::Target;
+use ramkv_proto::{Request, Response, Status};
 
 fn workload() -> Workload {
     Workload {

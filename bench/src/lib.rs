@@ -1,0 +1,16 @@
+//! `ramkv-bench`: an open-loop load generator that measures tail latency
+//! from each request's *intended* send time, against ramkv, memcached or
+//! Redis with the very same workload.
+//!
+//! # Layout
+//! - [`dist`]: key, arrival, size and service-time distributions;
+//! - [`protocol`]: the ramkv, memcache, Redis and echo wire protocols;
+//! - [`engine`]: open- and closed-loop load, measured from intended send times;
+//! - [`report`]: tables, JSON, CSV and SVG plots.
+
+#![warn(missing_docs)]
+
+pub mod dist;
+pub mod engine;
+pub mod protocol;
+pub mod report;
