@@ -90,6 +90,7 @@ fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
             id: 1,
             op: Some(Op::Spin(pb::Spin {
                 nanos: 1_000_000_000,
+                sleep: false,
             })),
         });
         for id in 2..=101 {

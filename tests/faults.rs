@@ -109,7 +109,10 @@ fn clients_that_vanish_with_requests_in_flight_do_not_hurt_others() {
         for id in 0..50 {
             burst.extend(frame(&Request {
                 id,
-                op: Some(Op::Spin(pb::Spin { nanos: 20_000 })),
+                op: Some(Op::Spin(pb::Spin {
+                    nanos: 20_000,
+                    sleep: false,
+                })),
             }));
         }
         // ...and puts that may or may not land before the client vanishes.
@@ -205,7 +208,10 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     for id in 1..=10 {
         burst.extend(frame(&Request {
             id,
-            op: Some(Op::Spin(pb::Spin { nanos: 100_000_000 })),
+            op: Some(Op::Spin(pb::Spin {
+                nanos: 100_000_000,
+                sleep: false,
+            })),
         }));
     }
     raw.stream.write_all(&burst).unwrap();

@@ -380,7 +380,10 @@ fn the_in_flight_cap_stops_reading_instead_of_queueing() {
     for id in 1..=12 {
         burst.extend(frame(&Request {
             id,
-            op: Some(Op::Spin(pb::Spin { nanos: 5_000_000 })),
+            op: Some(Op::Spin(pb::Spin {
+                nanos: 5_000_000,
+                sleep: false,
+            })),
         }));
     }
     raw.send_bytes(&burst);

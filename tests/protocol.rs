@@ -141,12 +141,24 @@ async fn every_op_and_status_in_every_architecture() {
 
             // SPIN within its bound works; past it is refused.
             let r = c
-                .call(Op::Spin(pb::Spin { nanos: 10_000 }).into_client())
+                .call(
+                    Op::Spin(pb::Spin {
+                        nanos: 10_000,
+                        sleep: false,
+                    })
+                    .into_client(),
+                )
                 .await
                 .unwrap();
             assert_eq!(r.status, Status::Ok as i32, "{name}");
             let r = c
-                .call(Op::Spin(pb::Spin { nanos: 5_000_000 }).into_client())
+                .call(
+                    Op::Spin(pb::Spin {
+                        nanos: 5_000_000,
+                        sleep: false,
+                    })
+                    .into_client(),
+                )
                 .await
                 .unwrap();
             assert_eq!(
@@ -210,7 +222,13 @@ async fn spin_is_refused_unless_enabled() {
     let srv = server(|_| {});
     let c = Client::connect(srv.local_addr()).await.unwrap();
     let r = c
-        .call(Op::Spin(pb::Spin { nanos: 1 }).into_client())
+        .call(
+            Op::Spin(pb::Spin {
+                nanos: 1,
+                sleep: false,
+            })
+            .into_client(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, Status::InvalidRequest as i32);
@@ -262,7 +280,13 @@ async fn a_full_queue_answers_overloaded_at_once() {
         c.spin_op_max_us = 2_000_000;
     });
     let mut raw = Raw::connect(srv.local_addr());
-    raw.send(1, Op::Spin(pb::Spin { nanos: 300_000_000 }));
+    raw.send(
+        1,
+        Op::Spin(pb::Spin {
+            nanos: 300_000_000,
+            sleep: false,
+        }),
+    );
     let mut burst = Vec::new();
     for id in 2..50 {
         burst.extend(common::frame(&ramkv::wire::Request {

@@ -262,25 +262,10 @@ impl ServiceDist {
     }
 }
 
-/// Parses a duration: a number followed by ns, us, ms, s or m.
+/// Parses a duration such as `500ns`, `2.5us` or `1s` (humantime's syntax,
+/// shared by every flag of every ramkv binary).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration such as 500us or 5s"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("'{s}': give a unit (ns, us, ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (use e.g. 500us or 5s)"))
 }
 
 #[cfg(test)]

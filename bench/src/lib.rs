@@ -6,11 +6,17 @@
 //! - [`dist`]: key, arrival, size and service-time distributions;
 //! - [`protocol`]: the ramkv, memcache, Redis and echo wire protocols;
 //! - [`engine`]: open- and closed-loop load, measured from intended send times;
+//! - [`pacer`]: waiting for each send on a precise timer instead of a core;
+//! - [`usage`]: the generator's own CPU, from `getrusage`;
+//! - [`stats`]: medians and confidence intervals over repeated runs;
 //! - [`report`]: tables, JSON, CSV and SVG plots.
 
 #![warn(missing_docs)]
 
 pub mod dist;
 pub mod engine;
+pub mod pacer;
 pub mod protocol;
 pub mod report;
+pub mod stats;
+pub mod usage;

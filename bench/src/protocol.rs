@@ -80,8 +80,10 @@ pub enum Operation<'a> {
     },
     /// ramkv's benchmark-only SPIN.
     Spin {
-        /// How long the server should busy-wait.
+        /// How long the server should busy-wait (or sleep).
         nanos: u64,
+        /// Sleep instead of spinning (an I/O-bound handler).
+        sleep: bool,
     },
 }
 
@@ -102,12 +104,13 @@ pub fn encode(kind: Kind, id: u64, op: &Operation, out: &mut BytesMut) {
                     value: value.clone(),
                     expected_version: None,
                 }),
-                Operation::Spin { nanos } => Op::Spin(proto::Spin { nanos: *nanos }),
+                Operation::Spin { nanos, sleep } => Op::Spin(proto::Spin {
+                    nanos: *nanos,
+                    sleep: *sleep,
+                }),
             };
-            let req = Request { id, op: Some(op) };
-            out.put_u32(req.encoded_len() as u32);
-            // Cannot fail: BytesMut grows as needed.
-            let _ = req.encode(out);
+            // Cannot fail: a generated request is far below 4 GiB.
+            let _ = proto::encode_frame(&Request { id, op: Some(op) }, out);
         }
         Kind::Memcache => match op {
             Operation::Get { key } => {
@@ -143,10 +146,50 @@ pub fn encode(kind: Kind, id: u64, op: &Operation, out: &mut BytesMut) {
 /// One parsed reply.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reply {
-    /// The request id (ramkv only; other protocols reply in order).
+    /// The request id (ramkv and echo; the others reply in order).
     pub id: u64,
-    /// False for an error reply (a miss is not an error).
-    pub ok: bool,
+    /// `None` for success (a miss is a success), else what went wrong.
+    pub error: Option<ReplyError>,
+}
+
+/// An error reply, as the server put it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyError {
+    /// A short label to count by: ramkv's status name (`INVALID_REQUEST`),
+    /// memcached's error word (`SERVER_ERROR`), Redis's error prefix (`ERR`).
+    pub status: String,
+    /// The server's message.
+    pub message: String,
+}
+
+impl Reply {
+    fn ok(id: u64) -> Reply {
+        Reply { id, error: None }
+    }
+
+    fn failed(id: u64, status: impl Into<String>, message: impl Into<String>) -> Reply {
+        Reply {
+            id,
+            error: Some(ReplyError {
+                status: status.into(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// True for a successful reply.
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Splits a text-protocol error line into its first word and the rest.
+fn word_and_rest(line: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(line);
+    match text.split_once(' ') {
+        Some((w, rest)) => (w.to_string(), rest.trim().to_string()),
+        None => (text.to_string(), String::new()),
+    }
 }
 
 /// Why a reply stream could not be parsed: the connection is unusable.
@@ -167,7 +210,7 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
             }
             let id = buf.get_u64();
             buf.advance(ECHO_LEN - 8);
-            Ok(Some(Reply { id, ok: true }))
+            Ok(Some(Reply::ok(id)))
         }
         Kind::Ramkv => {
             if buf.len() < 4 {
@@ -181,8 +224,11 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
             buf.advance(4);
             let body = buf.split_to(len).freeze();
             let resp = Response::decode(body).map_err(|e| ParseError(e.to_string()))?;
-            let ok = resp.status == Status::Ok as i32 || resp.status == Status::NotFound as i32;
-            Ok(Some(Reply { id: resp.id, ok }))
+            Ok(Some(match Status::try_from(resp.status) {
+                Ok(Status::Ok | Status::NotFound) => Reply::ok(resp.id),
+                Ok(status) => Reply::failed(resp.id, status.as_str_name(), resp.message),
+                Err(_) => Reply::failed(resp.id, format!("STATUS_{}", resp.status), resp.message),
+            }))
         }
         Kind::Memcache => {
             let Some(end) = line(buf) else {
@@ -201,18 +247,21 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
                     return Ok(None);
                 }
                 buf.advance(total);
-                return Ok(Some(Reply { id: 0, ok: true }));
+                return Ok(Some(Reply::ok(0)));
             }
-            let ok = head == b"END" || head == b"STORED";
-            if !(ok
-                || head.starts_with(b"SERVER_ERROR")
+            let reply = if head == b"END" || head == b"STORED" {
+                Reply::ok(0)
+            } else if head.starts_with(b"SERVER_ERROR")
                 || head.starts_with(b"CLIENT_ERROR")
-                || head == b"ERROR")
+                || head == b"ERROR"
             {
+                let (status, message) = word_and_rest(head);
+                Reply::failed(0, status, message)
+            } else {
                 return Err(ParseError(String::from_utf8_lossy(head).into_owned()));
-            }
+            };
             buf.advance(end + 2);
-            Ok(Some(Reply { id: 0, ok }))
+            Ok(Some(reply))
         }
         Kind::Redis => {
             let Some(end) = line(buf) else {
@@ -221,11 +270,12 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
             match buf.first() {
                 Some(b'+') | Some(b':') => {
                     buf.advance(end + 2);
-                    Ok(Some(Reply { id: 0, ok: true }))
+                    Ok(Some(Reply::ok(0)))
                 }
                 Some(b'-') => {
+                    let (status, message) = word_and_rest(&buf[1..end]);
                     buf.advance(end + 2);
-                    Ok(Some(Reply { id: 0, ok: false }))
+                    Ok(Some(Reply::failed(0, status, message)))
                 }
                 Some(b'$') => {
                     let n: i64 = std::str::from_utf8(&buf[1..end])
@@ -241,7 +291,7 @@ pub fn parse(kind: Kind, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError
                         return Ok(None);
                     }
                     buf.advance(total);
-                    Ok(Some(Reply { id: 0, ok: true }))
+                    Ok(Some(Reply::ok(0)))
                 }
                 _ => Err(ParseError(
                     String::from_utf8_lossy(&buf[..end]).into_owned(),
@@ -293,13 +343,24 @@ mod tests {
         assert!(parse(Kind::Memcache, &mut b).unwrap().is_none());
         b.extend_from_slice(b"lo\r\nEND\r\nEND\r\nSTORED\r\n");
         for _ in 0..3 {
-            assert!(parse(Kind::Memcache, &mut b).unwrap().unwrap().ok);
+            assert!(parse(Kind::Memcache, &mut b).unwrap().unwrap().is_ok());
         }
         assert!(b.is_empty());
-        let mut r = BytesMut::from(&b"$3\r\nabc\r\n$-1\r\n+OK\r\n-ERR x\r\n"[..]);
-        let oks: Vec<bool> = (0..4)
-            .map(|_| parse(Kind::Redis, &mut r).unwrap().unwrap().ok)
+        b.extend_from_slice(b"SERVER_ERROR out of memory storing object\r\n");
+        let e = parse(Kind::Memcache, &mut b)
+            .unwrap()
+            .unwrap()
+            .error
+            .unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.message.as_str()),
+            ("SERVER_ERROR", "out of memory storing object")
+        );
+        let mut r = BytesMut::from(&b"$3\r\nabc\r\n$-1\r\n+OK\r\n-ERR x y\r\n"[..]);
+        let replies: Vec<Reply> = (0..4)
+            .map(|_| parse(Kind::Redis, &mut r).unwrap().unwrap())
             .collect();
-        assert_eq!(oks, [true, true, true, false]);
+        assert!(replies[..3].iter().all(Reply::is_ok));
+        assert_eq!(replies[3], Reply::failed(0, "ERR", "x y"));
     }
 }
