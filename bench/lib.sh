@@ -25,7 +25,8 @@ machine_lines() {
   echo "- lb: $disp dispatcher(s) + $workers worker(s); inline-N and memcached -t use all $ncores server core(s); redis-server is single-threaded"
 }
 
-# Starts system $1 pinned to the server cores; sets pid and target.
+# Starts system $1 pinned to the server cores, under the command in the WRAP
+# array if set (valgrind, say); sets pid and target.
 start_system() {
   local sys=$1
   port=$((port + 1))
@@ -43,10 +44,11 @@ start_system() {
     redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients 4096) ;;
     *) echo "$0: unknown system $sys" >&2; exit 2 ;;
   esac
-  taskset -c "$server_cpus" "${cmd[@]}" >/dev/null 2>&1 &
+  taskset -c "$server_cpus" ${WRAP+"${WRAP[@]}"} "${cmd[@]}" >/dev/null 2>&1 &
   pid=$!
   case "$sys" in memcached) target="memcache://$addr" ;; redis) target="redis://$addr" ;; *) target="ramkv://$addr" ;; esac
-  for _ in $(seq 200); do
+  system=$sys
+  for _ in $(seq 1200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -59,6 +61,29 @@ stop_system() {
   wait "$pid" 2>/dev/null || true
 }
 trap stop_system EXIT
+
+# The server's own counters: requests it has served, and its CPU time in µs
+# (getrusage: ramkv's STATS, Redis's INFO, memcached's stats).
+server_counters() {
+  local port=${target##*:}
+  case "$system" in
+    redis)
+      redis-cli -p "$port" INFO | tr -d '\r' | awk -F: '
+        /^total_commands_processed:/ { r = $2 } /^used_cpu_(user|sys):/ { c += $2 * 1e6 }
+        END { printf "%d %d\n", r, c }' ;;
+    memcached)
+      exec 9<>"/dev/tcp/127.0.0.1/$port"
+      printf 'stats\r\nquit\r\n' >&9
+      tr -d '\r' <&9 | awk '
+        $2 == "cmd_get" || $2 == "cmd_set" { r += $3 } $2 ~ /^rusage_(user|system)$/ { c += $3 * 1e6 }
+        END { printf "%d %d\n", r, c }'
+      exec 9<&- ;;
+    *)
+      "$BIN/ramkv" --server "${target#ramkv://}" --timeout 60s stats | awk '
+        $1 ~ /^ramkv_requests_total/ { r += $2 } $1 == "ramkv_process_cpu_us_total" { c = $2 }
+        END { printf "%d %d\n", r, c }' ;;
+  esac
+}
 
 # ramkv-bench's preload flag for workload $1: the SPIN workloads store nothing.
 preload_for() { case "$1" in bimodal*) ;; *) echo --preload ;; esac; }

@@ -299,6 +299,10 @@ impl Metrics {
         out.push(("ramkv_bytes_in_total".into(), sum(|d| &d.bytes_in)));
         out.push(("ramkv_bytes_out_total".into(), sum(|d| &d.bytes_out)));
         out.push(("ramkv_shed_total".into(), self.shed.load(Relaxed)));
+        // The process's CPU (user + system) from getrusage, in µs: what
+        // bench/efficiency.sh divides by requests, as it does Redis's
+        // `INFO cpu` and memcached's `rusage_*`.
+        out.push(("ramkv_process_cpu_us_total".into(), process_cpu_us()));
         for (i, d) in self.dispatchers.iter().enumerate() {
             out.push((
                 format!("ramkv_dispatcher_busy_ns_total{{dispatcher=\"{i}\"}}"),
@@ -348,6 +352,18 @@ impl Metrics {
         }
         out
     }
+}
+
+/// User plus system CPU time of the whole process, in microseconds.
+pub fn process_cpu_us() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return 0;
+    };
+    [u.user_time(), u.system_time()]
+        .iter()
+        .map(|t| t.tv_sec().max(0) as u64 * 1_000_000 + t.tv_usec().max(0) as u64)
+        .sum()
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Efficiency figures that do not drift with machine noise: per request, the
+# server's user-space instructions (callgrind), its system calls by kind
+# (strace) and, for reference, its CPU time (getrusage). Writes
+# bench/results/<date>-efficiency-<machine>.md.
+#
+#   bench/efficiency.sh                      # every system, shapes 1x1 and 16x1
+#   SYSTEMS="lb inline-1" bench/efficiency.sh
+#
+# The server runs on core 0 and ramkv-bench on core 1, in closed loop with one
+# request outstanding per connection (SHAPES: CONNSxOUTSTANDING), 90% GETs of
+# 100-byte values over 10,000 preloaded keys. Each figure comes from its own
+# run of the server, because strace and callgrind slow it down: load runs,
+# the server's request counter is read, the tool measures for SECONDS, the
+# counter is read again, and the tool's total is divided by the difference.
+# Instruction and system-call counts repeat to within a few percent whatever
+# else the machine does; the CPU figure is the noisy one.
+# Environment: SYSTEMS, SHAPES, SECONDS_CPU (4), SECONDS_STRACE (3),
+# SECONDS_CALLGRIND (4), NAME, MACHINE, BIN, MEMCACHED, REDIS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=small
+BASE_PORT=17700
+source bench/lib.sh
+SYSTEMS=${SYSTEMS:-"lb inline-1 thread-per-conn redis memcached"}
+SHAPES=${SHAPES:-"1x1 16x1"}
+SECONDS_CPU=${SECONDS_CPU:-4}
+SECONDS_STRACE=${SECONDS_STRACE:-3}
+SECONDS_CALLGRIND=${SECONDS_CALLGRIND:-4}
+date=$(date -u +%F)
+machine=${MACHINE:-$(nproc)core}
+name=${NAME:-$date-efficiency-$machine}
+out="bench/results/$name"
+md="bench/results/$name.md"
+mkdir -p "$out"
+workload=(--preset uniform --keys 10000)
+for tool in strace valgrind callgrind_control; do
+  command -v "$tool" >/dev/null || { echo "efficiency.sh: $tool is missing (apt-get install strace valgrind)" >&2; exit 1; }
+done
+
+# ramkv-bench on the generator core against the current target.
+gen() { taskset -c "$gen_cpus" "$BIN/ramkv-bench" --target "$target" --quiet "${workload[@]}" --connect-timeout 30s "$@"; }
+preload() { gen --preload --connections 1 --concurrency 1 --duration 1s --warmup 0s --json >/dev/null; }
+# Runs closed-loop load of shape $1 in the background for $2 seconds.
+load() {
+  gen --connections "${1%x*}" --concurrency "${1#*x}" --warmup 0s --duration "${2}s" --drain 30s \
+    --json > "$out/load.json" 2>"$out/load.err" &
+  load_pid=$!
+}
+# Counters now: "requests cpu_us".
+counters() { server_counters; }
+settle() { sleep "${1:-1}"; }
+
+# CPU µs per request (getrusage, as the server itself reports it).
+measure_cpu() {
+  local shape=$1
+  start_system "$sys"
+  preload
+  load "$shape" $((SECONDS_CPU + 2))
+  settle 1
+  read -r r0 c0 < <(counters)
+  sleep "$SECONDS_CPU"
+  read -r r1 c1 < <(counters)
+  wait "$load_pid" || true
+  stop_system
+  awk -v r=$((r1 - r0)) -v c=$((c1 - c0)) 'BEGIN { if (r > 0) printf "%.2f", c / r; else print "n/a" }'
+}
+
+# System calls per request, by kind: strace attached to every thread.
+measure_syscalls() {
+  local shape=$1 file=$2
+  start_system "$sys"
+  preload
+  load "$shape" $((SECONDS_STRACE + 4))
+  settle 1
+  read -r r0 _ < <(counters)
+  # -f with -p attaches every thread of the process.
+  strace -f -c -q -o "$file.raw" -p "$pid" &
+  local strace_pid=$!
+  sleep "$SECONDS_STRACE"
+  kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null || true
+  read -r r1 _ < <(counters)
+  wait "$load_pid" || true
+  stop_system
+  # Per request, every call seen at least once per 100 requests, most first.
+  # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+  local r=$((r1 - r0))
+  awk -v r="$r" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { printf "%s %.4f\n", $NF, $4 / r }' "$file.raw" \
+    | sort -k2 -nr > "$file.per-request"
+  awk '{ t += $2 } END { printf "%.2f", t }' "$file.per-request"
+  awk '$2 >= 0.01 { printf "%s%s %.2f", (n++ ? ", " : " ("), $1, $2 } END { if (n) printf ")" }' "$file.per-request"
+}
+
+# User-space instructions per request: callgrind, collecting only while the
+# measured load runs.
+measure_instructions() {
+  local shape=$1 file=$2
+  WRAP=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$file.%p")
+  start_system "$sys"
+  unset WRAP
+  preload
+  load "$shape" $((SECONDS_CALLGRIND + 8))
+  settle 3
+  read -r r0 _ < <(counters)
+  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -i on "$pid" >/dev/null
+  sleep "$SECONDS_CALLGRIND"
+  callgrind_control -i off "$pid" >/dev/null
+  read -r r1 _ < <(counters)
+  callgrind_control -d "$pid" >/dev/null
+  # The dump written by -d ("FILE.PID.1") holds what was counted since the zeroing.
+  local dump="$file.$pid.1"
+  for _ in $(seq 100); do [ -s "$dump" ] && break; sleep 0.1; done
+  wait "$load_pid" || true
+  stop_system
+  awk -v r=$((r1 - r0)) '/^(summary|totals):/ { ir = $2 } END { if (r > 0 && ir > 0) printf "%.0f", ir / r; else print "n/a" }' "$dump"
+  rm -f "$file".*[0-9]
+}
+
+{
+  echo "# Efficiency per request: instructions, system calls, CPU"
+  echo
+  echo "- Date: $date (UTC), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); server: \`$("$BIN/ramkv-server" --version)\`"
+  echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r); $(valgrind --version), $(strace -V | head -1)"
+  echo "- Command: \`SYSTEMS=\"$SYSTEMS\" SHAPES=\"$SHAPES\" bench/efficiency.sh\`"
+  echo "- Server pinned to core 0, ramkv-bench to core 1; closed loop, CONNS×OUTSTANDING; 90% GET, 100 B values, 10,000 preloaded keys."
+  echo "- Instructions: callgrind, user space only, collected for ${SECONDS_CALLGRIND} s of load. System calls: \`strace -f -c\` on every server thread for ${SECONDS_STRACE} s (calls per request, those at ≥ 0.01 listed). CPU: the server's own getrusage over ${SECONDS_CPU} s."
+  echo "- Requests are the server's own counter (ramkv STATS, Redis \`total_commands_processed\`, memcached \`cmd_get + cmd_set\`) over the same window."
+  echo
+  echo "| system | shape | instructions / req | system calls / req (by kind) | CPU µs / req |"
+  echo "|---|---|---:|---|---:|"
+} > "$md"
+
+for sys in $SYSTEMS; do
+  for shape in $SHAPES; do
+    echo "== $sys $shape" >&2
+    base="$out/$sys-$shape"
+    cpu=$(measure_cpu "$shape")
+    sc=$(measure_syscalls "$shape" "$base.strace")
+    ir=$(measure_instructions "$shape" "$base.callgrind")
+    echo "   instructions $ir, syscalls $sc, cpu $cpu us" >&2
+    echo "| $sys | $shape | $ir | $sc | $cpu |" >> "$md"
+  done
+done
+echo >> "$md"
+echo "Raw strace summaries: \`$out/*.strace.raw\`." >> "$md"
+echo "wrote $md" >&2
