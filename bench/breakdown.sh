@@ -99,8 +99,7 @@ for w in $WORKLOADS; do
       qd=$(per "$(delta '^ramkv_queue_delay_ns_sum' "$b" "$a")" "$(delta '^ramkv_queue_delay_ns_count' "$b" "$a")" 0.001)
       st=$(per "$(delta '^ramkv_service_time_ns_sum' "$b" "$a")" "$(delta '^ramkv_service_time_ns_count' "$b" "$a")" 0.001)
       parks=$(per "$(delta '^ramkv_worker_parks_total' "$b" "$a")" "$reqs")
-      steals=$(per "$(delta '^ramkv_worker_steals_total' "$b" "$a")" "$reqs")
-      splits+=("| $sys | $disp_ns | $exec_ns | $rest_ns | $qd | $st | $parks | $steals |")
+      splits+=("| $sys | $disp_ns | $exec_ns | $rest_ns | $qd | $st | $parks |")
     fi
     if [ "$PROFILE" = 1 ] && [ "$sys" = lb ]; then
       "$PERF" record -q -F 499 -g -p "$pid" -o "$out/$w/lb.perf.data" -- sleep "$DURATION_S" 2>/dev/null &
@@ -122,8 +121,8 @@ for w in $WORKLOADS; do
     echo
     echo "\`*\`: the generator fell behind its schedule. Where ramkv's time went, per request:"
     echo
-    echo "| system | dispatcher busy ns | execution ns | other CPU ns | mean queue delay µs | mean service time µs | worker parks | steals |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| system | dispatcher busy ns | execution ns | other CPU ns | mean queue delay µs | mean service time µs | worker parks |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${splits[@]}"
     echo
     echo "Dispatcher busy time covers reading, framing, decoding and writing (and, inline, executing too)."

@@ -68,7 +68,7 @@ for w in $WORKLOADS; do
     bench --preset "$w" --sweep "$rates" --duration "$DURATION" --warmup "$WARMUP" --out "$out/$w/$sys" 2>&1 | sed "s/^/   $sys: /" >&2
     rm -f "$out/$w/$sys.svg" # one plot per workload, with every system, is drawn below
     if [ "${target%%://*}" = ramkv ]; then
-      "$BIN/ramkv" --server "${target#ramkv://}" stats | grep -E 'queue_delay|service_time|busy_ns|steals|parks|shed' > "$out/$w/$sys.stats.txt" || true
+      "$BIN/ramkv" --server "${target#ramkv://}" stats | grep -E 'queue_delay|service_time|busy_ns|parks|shed' > "$out/$w/$sys.stats.txt" || true
     fi
     stop_system
     series+=(--series "$sys=$out/$w/$sys.csv")

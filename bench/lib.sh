@@ -39,7 +39,7 @@ start_system() {
     inline-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" --reuseport "${ramkv_common[@]}") ;;
     thread-per-conn) cmd=("$BIN/ramkv-server" --listen "$addr" --arch thread-per-conn "${ramkv_common[@]}") ;;
     memcached)
-      cmd=("$MEMCACHED" -l 127.0.0.1 -p "$port" -U 0 -t "$ncores" -m 8192 -c 4096)
+      cmd=("$MEMCACHED" -l 127.0.0.1 -p "$port" -U 0 -t "$ncores" -m 8192 -c "${MEMCACHED_CONNS:-4096}")
       [ "$(id -u)" -ne 0 ] || cmd+=(-u root) ;;
     redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients 4096) ;;
     *) echo "$0: unknown system $sys" >&2; exit 2 ;;

@@ -55,7 +55,9 @@ pub struct Config {
     #[arg(long)]
     pub reuseport: bool,
 
-    /// Worker threads (lb only). Default: the cores left after the dispatchers, at least 1.
+    /// Worker threads (lb only). Default: the cores left after the
+    /// dispatchers, and at least 2, so that a slow request never holds up
+    /// the fast ones behind it on its connection.
     #[arg(long)]
     pub workers: Option<usize>,
 
@@ -207,11 +209,15 @@ impl Config {
         Ok(())
     }
 
-    /// Worker threads for lb.
+    /// Worker threads for lb: the flag, or the cores left after the
+    /// dispatchers but never fewer than two. With one worker a slow request
+    /// would block every request queued behind it, which is exactly what lb
+    /// exists to prevent; on a machine with fewer cores the workers share
+    /// them (and run as SCHED_BATCH, see `--worker-policy`).
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cores.saturating_sub(self.dispatchers).max(1)
+            cores.saturating_sub(self.dispatchers).max(2)
         })
     }
 

@@ -127,9 +127,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("ramkv-dispatch-{index}"))
         .spawn(move || {
-            if let Some(core) = core {
-                core_affinity::set_for_current(core);
-            }
+            crate::thread::prepare(core);
             if let Err(e) = rt.block_on(run(index, shared, listener, inbox)) {
                 tracing::error!(dispatcher = index, error = %e, "dispatcher failed");
             }

@@ -41,6 +41,7 @@ pub mod reply;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod thread;
 pub mod tls;
 pub mod wire;
 

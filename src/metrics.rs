@@ -156,8 +156,6 @@ pub struct ExecStats {
     requests: [[AtomicU64; STATUSES.len()]; OPS.len()],
     /// Time spent executing requests.
     pub busy_ns: AtomicU64,
-    /// Tasks taken from another worker's deque.
-    pub steals: AtomicU64,
     /// Times this worker went to sleep after its spin window.
     pub parks: AtomicU64,
     /// Times a parked worker was woken to take new work.
@@ -319,7 +317,6 @@ impl Metrics {
         for (i, e) in self.exec.iter().enumerate() {
             for (name, v) in [
                 ("busy_ns_total", &e.busy_ns),
-                ("steals_total", &e.steals),
                 ("parks_total", &e.parks),
                 ("wakeups_total", &e.wakeups),
             ] {

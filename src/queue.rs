@@ -1,16 +1,22 @@
-//! The work-stealing queue and the worker threads that drain it.
+//! The shared request queue and the worker threads that drain it.
 //!
 //! ```text
-//!  dispatchers ──push──▶ Injector (global, bounded by the caller)
-//!                            │ steal_batch_with_limit_and_pop
+//!  dispatchers ──push──▶ Injector (one FIFO for the whole pool, bounded by the caller)
+//!                            │ steal: one task at a time
 //!           ┌────────────────┼────────────────┐
-//!       worker 0         worker 1   …     worker M-1     each: own deque,
-//!       local deque ◀─steal─ local deque                  pinned to a core
+//!       worker 0         worker 1   …     worker M-1     pinned; spin, then park
 //! ```
 //!
-//! A worker looks for a task in its own deque, then takes a small batch from
-//! the injector, then steals one from a peer. When it finds nothing it spins
-//! for the configured window, then parks.
+//! **No request waits behind a slow one while a worker is free.** A worker
+//! takes one task at a time from the shared queue and keeps none of its own.
+//! The work-stealing design it replaced moved up to four tasks at a time into
+//! a worker's own deque, where they waited behind whatever that worker ran
+//! unless a peer stole them, and peers looked there only after the shared
+//! queue was empty: behind a 200 ms request, three 1 ms requests came back
+//! after 190 later ones. Taking one task at a time costs no more instructions
+//! or system calls per request and about 1% of peak throughput on one core
+//! (`bench/results/2026-11-23-steal-policy-ab-2core.md`), and makes the rule
+//! hold by construction, with any number of workers.
 //!
 //! **Parking never loses a wake-up.** A worker announces itself idle
 //! (`Sleepers::announce`, a SeqCst store and fence), checks the queues once
@@ -29,6 +35,9 @@
 //! count; count, then injector), so a task is never left with nobody looking.
 //! Before this, every push woke another parked worker, so under steady load
 //! every worker spun all the time, whatever the load.
+//!
+//! **At most [`MAX_SPINNERS`] spin at once.** The others park at once, so an
+//! idle pool uses no CPU once the spin window has passed.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
@@ -36,19 +45,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::sync::{Parker, Unparker};
 
 use crate::metrics::{ExecStats, Metrics};
 
-/// Tasks a worker moves from the injector into its own deque at once. Small,
-/// because a task parked behind a slow one in a local deque waits until a
-/// peer steals it; large batches would buy less injector contention with
-/// tail latency.
-const STEAL_BATCH: usize = 4;
-
 /// Spin iterations between clock reads while idle.
 const SPINS_PER_CLOCK_READ: u32 = 64;
+
+/// Workers that may spin at once; the others park. One spinner catches the
+/// next push without a futex wake, and a second covers the moment the first
+/// leaves with a task. More would only poll the queue, pulling its cache
+/// lines away from the dispatchers, and take cores that dispatchers and
+/// clients could use.
+pub const MAX_SPINNERS: usize = 2;
 
 /// Which workers are parked, so a producer can wake exactly one.
 struct Sleepers {
@@ -103,7 +113,6 @@ impl Sleepers {
 /// The producer side of the pool: what dispatchers push tasks into.
 pub struct TaskQueue<T> {
     injector: Injector<T>,
-    stealers: Box<[Stealer<T>]>,
     sleepers: Sleepers,
     /// Workers in their idle spin window, looking for work.
     spinning: AtomicUsize,
@@ -119,6 +128,15 @@ impl<T> TaskQueue<T> {
         if self.spinning.load(Ordering::SeqCst) == 0 {
             self.sleepers.wake_one();
         }
+    }
+
+    /// Takes one of the [`MAX_SPINNERS`] spinning slots, if one is free.
+    fn try_start_spinning(&self) -> bool {
+        self.spinning
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_SPINNERS).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// A spinner found a task and leaves its window: tasks still in the
@@ -143,40 +161,14 @@ impl<T> TaskQueue<T> {
         self.injector.is_empty()
     }
 
-    fn find_task(&self, local: &Worker<T>, me: usize, stats: &ExecStats) -> Option<T> {
-        if let Some(t) = local.pop() {
-            return Some(t);
-        }
+    /// Takes the oldest queued task, if any.
+    fn find_task(&self) -> Option<T> {
         loop {
-            let mut retry = false;
-            match self
-                .injector
-                .steal_batch_with_limit_and_pop(local, STEAL_BATCH)
-            {
-                Steal::Success(t) => {
-                    // Tasks left in our deque would wait behind this one:
-                    // make sure a peer is awake to steal them.
-                    if !local.is_empty() {
-                        self.sleepers.wake_one();
-                    }
-                    return Some(t);
-                }
-                Steal::Retry => retry = true,
-                Steal::Empty => {}
-            }
-            let n = self.stealers.len();
-            for k in 1..n {
-                match self.stealers[(me + k) % n].steal() {
-                    Steal::Success(t) => {
-                        stats.steals.fetch_add(1, Ordering::Relaxed);
-                        return Some(t);
-                    }
-                    Steal::Retry => retry = true,
-                    Steal::Empty => {}
-                }
-            }
-            if !retry {
-                return None;
+            match self.injector.steal() {
+                Steal::Success(t) => return Some(t),
+                Steal::Empty => return None,
+                // Another worker took the slot first: look again.
+                Steal::Retry => {}
             }
         }
     }
@@ -199,36 +191,8 @@ pub struct PoolConfig {
     /// The core for each worker, if pinned.
     pub cores: Vec<Option<core_affinity::CoreId>>,
     /// Run workers as `SCHED_BATCH`, for when they share cores with the
-    /// dispatchers; see [`set_sched_batch`].
+    /// dispatchers; see [`crate::thread::set_sched_batch`].
     pub batch_sched: bool,
-}
-
-/// Makes the calling thread `SCHED_BATCH`. The kernel then does not let it
-/// preempt the running thread when it is woken. On a core shared with a
-/// dispatcher, a push would otherwise switch to the worker in the middle of
-/// the dispatcher's round, once per request; as a batch thread the worker
-/// waits until the dispatcher blocks, then drains everything it queued. On one
-/// shared core that raised lb's peak 1.2–2.0× (median 1.42×) and lowered its
-/// p99 under load in 6 of 7 pairs, at the same CPU per request, for about
-/// 10 µs more at low load (`bench/results/2026-11-23-worker-sched-batch-1core.md`).
-#[cfg(target_os = "linux")]
-pub fn set_sched_batch() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid, initialised sched_param that the kernel
-    // only reads during the call; pid 0 names the calling thread. There is
-    // no safe wrapper in std, and the measurement above is why it is needed.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Scheduling policies are Linux's; elsewhere workers keep the default.
-#[cfg(not(target_os = "linux"))]
-pub fn set_sched_batch() -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Worker threads draining a [`TaskQueue`].
@@ -244,11 +208,9 @@ impl<T: Send + 'static> WorkerPool<T> {
         F: Fn(T, &WorkerCtx) + Send + Sync + 'static,
     {
         let n = cfg.workers.max(1);
-        let locals: Vec<Worker<T>> = (0..n).map(|_| Worker::new_fifo()).collect();
         let parkers: Vec<Parker> = (0..n).map(|_| Parker::new()).collect();
         let queue = Arc::new(TaskQueue {
             injector: Injector::new(),
-            stealers: locals.iter().map(Worker::stealer).collect(),
             sleepers: Sleepers {
                 idle: Mutex::new(Vec::with_capacity(n)),
                 count: AtomicUsize::new(0),
@@ -262,7 +224,7 @@ impl<T: Send + 'static> WorkerPool<T> {
         // Each worker reports once it is pinned and scheduled as asked, so
         // that a started pool has no thread still setting itself up.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        for (i, (local, parker)) in locals.into_iter().zip(parkers).enumerate() {
+        for (i, parker) in parkers.into_iter().enumerate() {
             let (q, handler, metrics) = (queue.clone(), handler.clone(), metrics.clone());
             let core = cfg.cores.get(i).copied().flatten();
             let spin = cfg.spin;
@@ -271,10 +233,8 @@ impl<T: Send + 'static> WorkerPool<T> {
             let spawned = std::thread::Builder::new()
                 .name(format!("ramkv-worker-{i}"))
                 .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    if batch_sched && let Err(e) = set_sched_batch() {
+                    crate::thread::prepare(core);
+                    if batch_sched && let Err(e) = crate::thread::set_sched_batch() {
                         tracing::warn!(worker = i, "cannot make the worker SCHED_BATCH: {e}");
                     }
                     let _ = ready.send(());
@@ -282,7 +242,7 @@ impl<T: Send + 'static> WorkerPool<T> {
                         index: i,
                         stats: metrics.exec(i),
                     };
-                    run_worker(&q, &local, &parker, spin, &ctx, &*handler);
+                    run_worker(&q, &parker, spin, &ctx, &*handler);
                 });
             match spawned {
                 Ok(t) => threads.push(t),
@@ -319,7 +279,6 @@ impl<T: Send + 'static> WorkerPool<T> {
 
 fn run_worker<T, F: Fn(T, &WorkerCtx)>(
     q: &TaskQueue<T>,
-    local: &Worker<T>,
     parker: &Parker,
     spin: Duration,
     ctx: &WorkerCtx,
@@ -339,19 +298,18 @@ fn run_worker<T, F: Fn(T, &WorkerCtx)>(
     // has no reason to expect more work soon.
     let mut ran_since_wake = false;
     'outer: loop {
-        if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
+        if let Some(t) = q.find_task() {
             run(t);
             ran_since_wake = true;
             continue;
         }
-        if !spin.is_zero() && ran_since_wake {
-            q.spinning.fetch_add(1, Ordering::SeqCst);
+        if !spin.is_zero() && ran_since_wake && q.try_start_spinning() {
             let deadline = Instant::now() + spin;
             while Instant::now() < deadline && !q.shutdown.load(Ordering::Relaxed) {
                 for _ in 0..SPINS_PER_CLOCK_READ {
                     std::hint::spin_loop();
                 }
-                if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
+                if let Some(t) = q.find_task() {
                     q.stop_spinning_with_work();
                     run(t);
                     continue 'outer;
@@ -362,7 +320,7 @@ fn run_worker<T, F: Fn(T, &WorkerCtx)>(
             q.spinning.fetch_sub(1, Ordering::SeqCst);
         }
         q.sleepers.announce(ctx.index);
-        if let Some(t) = q.find_task(local, ctx.index, ctx.stats) {
+        if let Some(t) = q.find_task() {
             q.sleepers.cancel(ctx.index);
             run(t);
             continue;
@@ -540,6 +498,112 @@ mod tests {
         // One wake-up is needed; allow one spurious one.
         assert!(wakeups <= 2, "{wakeups} wake-ups for sequential tasks");
         assert!(ran_on.len() <= 2, "tasks ran on {} workers", ran_on.len());
+    }
+
+    /// Occupies all `workers` workers at once: each of `workers` tasks blocks
+    /// until all of them run, then until the returned barrier is passed.
+    fn occupy_every_worker(pool: &WorkerPool<Job>, workers: usize) -> Arc<std::sync::Barrier> {
+        let release = Arc::new(std::sync::Barrier::new(workers + 1));
+        let all_running = Arc::new(std::sync::Barrier::new(workers));
+        for _ in 0..workers {
+            let (release, all_running) = (release.clone(), all_running.clone());
+            pool.queue().push(Box::new(move || {
+                all_running.wait();
+                release.wait();
+            }));
+        }
+        release
+    }
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    fn job_pool(workers: usize, spin: Duration) -> (WorkerPool<Job>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(workers, 1));
+        let pool = WorkerPool::start(
+            test_pool(workers, spin),
+            metrics.clone(),
+            |job: Job, _: &WorkerCtx| job(),
+        )
+        .unwrap();
+        (pool, metrics)
+    }
+
+    #[test]
+    fn no_task_waits_behind_a_slow_one_while_a_worker_is_free() {
+        // Both workers busy, then a 200 ms task and 300 short ones queued
+        // behind it, then both released at once: one worker takes the slow
+        // task, the other must take the short ones in order. (With batch
+        // stealing, the slow task's worker took three short ones into its own
+        // deque, and they finished after it, at ~200 ms.)
+        let (pool, _) = job_pool(2, Duration::ZERO);
+        let release = occupy_every_worker(&pool, 2);
+        let (tx, rx) = mpsc::channel::<usize>();
+        let tx = Arc::new(Mutex::new(tx));
+        for id in 0..=300usize {
+            let tx = tx.clone();
+            let took = if id == 0 { 200 } else { 1 };
+            pool.queue().push(Box::new(move || {
+                std::thread::sleep(Duration::from_millis(took));
+                let _ = tx.lock().unwrap().send(id);
+            }));
+        }
+        release.wait();
+        let order: Vec<usize> = (0..=300)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(60))
+                    .expect("a task stalled")
+            })
+            .collect();
+        pool.shutdown();
+        let slow_at = order.iter().position(|&id| id == 0).unwrap();
+        // Everything answered before the slow task is short tasks 1..=k, in
+        // arrival order, with 1, 2 and 3 among them.
+        assert!(
+            slow_at >= 3,
+            "the slow task finished {slow_at}th: {:?}",
+            &order[..10]
+        );
+        assert_eq!(order[..slow_at], (1..=slow_at).collect::<Vec<_>>()[..]);
+    }
+
+    #[test]
+    fn at_most_max_spinners_spin_and_the_rest_park() {
+        // Eight workers that have all just run something, and a spin window
+        // longer than the hang guard below: only MAX_SPINNERS may spin, the
+        // others must park at once (shutdown ends the spinners early).
+        const WORKERS: usize = 8;
+        let (pool, _) = job_pool(WORKERS, Duration::from_secs(600));
+        occupy_every_worker(&pool, WORKERS).wait();
+        let start = Instant::now();
+        while pool.queue().sleepers.count.load(Ordering::SeqCst) < WORKERS - MAX_SPINNERS {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "only {} of {WORKERS} workers parked",
+                pool.queue().sleepers.count.load(Ordering::SeqCst)
+            );
+            std::thread::yield_now();
+        }
+        assert!(pool.queue().spinning.load(Ordering::SeqCst) <= MAX_SPINNERS);
+        pool.shutdown();
+    }
+
+    #[test]
+    fn idle_workers_all_park_once_the_spin_window_passes() {
+        // After a burst the spinners give up after their window and park, so
+        // an idle pool uses no CPU: nobody spins, everybody sleeps.
+        const WORKERS: usize = 4;
+        let (pool, _) = job_pool(WORKERS, Duration::from_millis(20));
+        occupy_every_worker(&pool, WORKERS).wait();
+        let start = Instant::now();
+        while pool.queue().sleepers.count.load(Ordering::SeqCst) < WORKERS {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "workers never parked"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(pool.queue().spinning.load(Ordering::SeqCst), 0);
+        pool.shutdown();
     }
 
     #[test]

@@ -253,7 +253,14 @@ impl Service {
                         format!("SPIN of {d:?} exceeds the limit of {max:?} (--spin-op-max-us)"),
                     ));
                 }
-                spin_for(d);
+                if s.sleep {
+                    // The executing thread blocks, as a handler waiting on
+                    // I/O would: in lb a worker, in inline the dispatcher
+                    // itself, in thread-per-conn the connection's thread.
+                    std::thread::sleep(d);
+                } else {
+                    spin_for(d);
+                }
                 ok(Res::Spin(pb::SpinResult {}))
             }
         }

@@ -116,6 +116,64 @@ fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
     }
 }
 
+/// One request that sleeps (the emulated I/O-bound SPIN) for `ms`.
+fn sleep_op(ms: u64) -> Op {
+    Op::Spin(pb::Spin {
+        nanos: ms * 1_000_000,
+        sleep: true,
+    })
+}
+
+#[test]
+fn no_fast_request_waits_behind_a_slow_one_while_a_worker_is_free() {
+    // One write: two 300 ms requests that occupy both workers, then a 200 ms
+    // request (id 3), then 300 requests of 1 ms (ids 4..=303). When the first
+    // two finish, one worker takes id 3 and the other must take 4, 5, 6…
+    // at once, in order: none may wait behind id 3. (With batch stealing,
+    // the worker that took id 3 also took 4, 5 and 6 into its own deque,
+    // and they came back after it, after ~190 later requests.) The service
+    // times are slept, so this holds however fast the machine is.
+    for workers in [None, Some(2)] {
+        let srv = server(|c| {
+            c.workers = workers; // None: the default, which must keep the promise too
+            c.enable_spin_op = true;
+            c.spin_op_max_us = 1_000_000;
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        let mut burst = Vec::new();
+        for (id, ms) in [(1, 300), (2, 300), (3, 200)]
+            .into_iter()
+            .chain((4..=303).map(|id| (id, 1)))
+        {
+            burst.extend(common::frame(&ramkv::wire::Request {
+                id,
+                op: Some(sleep_op(ms)),
+            }));
+        }
+        raw.send_bytes(&burst);
+        let order: Vec<u64> = (0..303).map(|_| raw.recv().unwrap().id).collect();
+        let fast_before_slow: Vec<u64> = order
+            .iter()
+            .take_while(|&&id| id != 3)
+            .copied()
+            .filter(|&id| id > 3)
+            .collect();
+        for id in [4, 5, 6] {
+            assert!(
+                fast_before_slow.contains(&id),
+                "workers {workers:?}: request {id} waited behind the slow one: {:?}",
+                &order[..12]
+            );
+        }
+        if workers == Some(2) {
+            // One free worker: it takes the fast requests one by one, in arrival order.
+            let expected: Vec<u64> = (4..4 + fast_before_slow.len() as u64).collect();
+            assert_eq!(fast_before_slow, expected, "out of arrival order");
+        }
+        srv.shutdown();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_connections_at_once() {
     for reuseport in [false, true] {

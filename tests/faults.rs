@@ -247,3 +247,44 @@ fn server_answers_help_and_refuses_nonsense_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("thread-per-conn"));
 }
+
+#[test]
+fn a_signal_interrupting_a_thread_per_conn_read_does_not_drop_the_connection() {
+    // Attaching a tracer interrupts every blocked read. A read with a
+    // timeout then fails with EINTR instead of restarting, and
+    // thread-per-conn used to take that for a broken connection.
+    let (srv, addr) = common::spawn_server(&["--arch", "thread-per-conn"]);
+    let mut raw = Raw::connect(addr);
+    ping_ok(&mut raw, 1);
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", srv.0.id()))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut strace = std::process::Command::new("strace");
+    strace.args(["-q", "-o", "/dev/null"]);
+    for t in &tids {
+        strace.args(["-p", t]);
+    }
+    let mut tracer = strace
+        .spawn()
+        .expect("strace runs (scripts/test installs it)");
+    // Wait until every thread is traced: attaching interrupts its read.
+    let traced = |tid: &String| {
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", srv.0.id())).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+        })
+    };
+    let start = std::time::Instant::now();
+    while !tids.iter().all(traced) {
+        assert!(
+            start.elapsed() < common::HANG_GUARD,
+            "strace never attached"
+        );
+        std::thread::yield_now();
+    }
+    ping_ok(&mut raw, 2);
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+    ping_ok(&mut raw, 3);
+}

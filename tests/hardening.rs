@@ -172,7 +172,6 @@ fn admin_endpoint_serves_prometheus_metrics() {
         "ramkv_queue_depth",
         "ramkv_queue_delay_ns",
         "ramkv_service_time_ns",
-        "ramkv_worker_steals_total",
         "ramkv_worker_parks_total",
         "ramkv_dispatcher_busy_ns_total",
     ] {

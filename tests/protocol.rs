@@ -141,24 +141,18 @@ async fn every_op_and_status_in_every_architecture() {
 
             // SPIN within its bound works; past it is refused.
             let r = c
-                .call(
-                    Op::Spin(pb::Spin {
-                        nanos: 10_000,
-                        sleep: false,
-                    })
-                    .into_client(),
-                )
+                .call(Op::Spin(pb::Spin {
+                    nanos: 10_000,
+                    sleep: false,
+                }))
                 .await
                 .unwrap();
             assert_eq!(r.status, Status::Ok as i32, "{name}");
             let r = c
-                .call(
-                    Op::Spin(pb::Spin {
-                        nanos: 5_000_000,
-                        sleep: false,
-                    })
-                    .into_client(),
-                )
+                .call(Op::Spin(pb::Spin {
+                    nanos: 5_000_000,
+                    sleep: false,
+                }))
                 .await
                 .unwrap();
             assert_eq!(
@@ -197,38 +191,15 @@ async fn every_op_and_status_in_every_architecture() {
     }
 }
 
-/// Converts a server-side op into the client's identical generated type.
-trait IntoClient {
-    fn into_client(self) -> ramkv_client::proto::request::Op;
-}
-
-impl IntoClient for Op {
-    fn into_client(self) -> ramkv_client::proto::request::Op {
-        use prost::Message;
-        let bytes = ramkv::wire::Request {
-            id: 0,
-            op: Some(self),
-        }
-        .encode_to_vec();
-        ramkv_client::Request::decode(&bytes[..])
-            .unwrap()
-            .op
-            .unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_is_refused_unless_enabled() {
     let srv = server(|_| {});
     let c = Client::connect(srv.local_addr()).await.unwrap();
     let r = c
-        .call(
-            Op::Spin(pb::Spin {
-                nanos: 1,
-                sleep: false,
-            })
-            .into_client(),
-        )
+        .call(Op::Spin(pb::Spin {
+            nanos: 1,
+            sleep: false,
+        }))
         .await
         .unwrap();
     assert_eq!(r.status, Status::InvalidRequest as i32);
@@ -314,4 +285,39 @@ async fn a_full_queue_answers_overloaded_at_once() {
     let c = Client::connect(srv.local_addr()).await.unwrap();
     assert!(stat(&c.stats().await.unwrap(), "ramkv_shed_total") > 0);
     srv.shutdown();
+}
+
+#[test]
+fn the_spin_op_sleeps_when_asked_using_no_cpu() {
+    // A 300 ms SPIN in sleep mode takes its 300 ms but almost no CPU: the
+    // thread sleeps, as one blocked on I/O would. Measured by the server
+    // process's own getrusage (in its own process, so nothing else counts).
+    let (_srv, addr) = common::spawn_server(&["--enable-spin-op", "--spin-op-max-us", "1000000"]);
+    let cpu = |raw: &mut Raw| -> u64 {
+        raw.send(9, Op::Stats(pb::Stats {}));
+        let Some(pb::response::Result::Stats(s)) = raw.recv().unwrap().result else {
+            panic!("no stats")
+        };
+        let m = s
+            .metrics
+            .iter()
+            .find(|m| m.name == "ramkv_process_cpu_us_total");
+        m.expect("process CPU in STATS").value
+    };
+    let mut raw = Raw::connect(addr);
+    let before = cpu(&mut raw);
+    let started = std::time::Instant::now();
+    raw.send(
+        1,
+        Op::Spin(pb::Spin {
+            nanos: 300_000_000,
+            sleep: true,
+        }),
+    );
+    let r = raw.recv().unwrap();
+    assert_eq!((r.id, r.status), (1, Status::Ok as i32));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let used = cpu(&mut raw) - before;
+    // Spinning would use ~300 ms; sleeping uses what a few syscalls cost.
+    assert!(used < 100_000, "a 300 ms sleep used {used} µs of CPU");
 }

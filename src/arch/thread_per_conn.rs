@@ -121,6 +121,7 @@ fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
         let spawned = std::thread::Builder::new()
             .name(format!("ramkv-conn-{id}"))
             .spawn(move || {
+                crate::thread::prepare(None);
                 if let Err(e) = serve(stream, id, &c) {
                     tracing::debug!(conn = id, error = %e, "connection ended with an error");
                 }
@@ -163,6 +164,10 @@ fn serve(mut stream: TcpStream, id: u64, ctx: &Ctx) -> io::Result<()> {
         }
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
+            // With a read timeout set, an interrupted read fails with EINTR
+            // instead of restarting (signal(7)): a signal or a debugger
+            // attaching is not the client's doing, so read again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
                     e.kind(),
