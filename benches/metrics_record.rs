@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use ramkv::metrics::LatencyHistogram;
+use ramkv::internals::LatencyHistogram;
 
 /// The former `Log2Histogram`: one relaxed add into a power-of-two bucket.
 struct PowerOfTwo([AtomicU64; 64]);

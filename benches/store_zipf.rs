@@ -21,12 +21,12 @@ trait Map: Send + Sync {
     fn put(&self, k: &[u8], v: &[u8]);
 }
 
-impl Map for ramkv::store::Store {
+impl Map for ramkv::kv::store::Store {
     fn get(&self, k: &[u8]) -> Option<(Bytes, u64)> {
-        ramkv::store::Store::get(self, k).map(|e| (e.value, e.version))
+        ramkv::kv::store::Store::get(self, k).map(|e| (e.value, e.version))
     }
     fn put(&self, k: &[u8], v: &[u8]) {
-        let _ = ramkv::store::Store::put(self, k, v, None);
+        let _ = ramkv::kv::store::Store::put(self, k, v, None);
     }
 }
 
@@ -106,7 +106,7 @@ fn main() {
     type Make = fn() -> Arc<dyn Map>;
     let maps: [(&str, Make); 3] = [
         ("ramkv sharded RwLock", || {
-            Arc::new(ramkv::store::Store::new(u64::MAX))
+            Arc::new(ramkv::kv::store::Store::new(u64::MAX))
         }),
         ("dashmap 6", || {
             Arc::new(Dash(Default::default(), AtomicU64::new(0)))

@@ -1,51 +1,49 @@
-//! ramkv: a key-value RPC server that load-balances messages, not connections.
+//! ramkv: an RPC runtime that load-balances messages, not connections, and
+//! the key-value service it was built for.
 //!
 //! ```text
-//!   clients ──TCP──▶ dispatcher threads (tokio current_thread, own every socket)
-//!                      read → split frames (wire) → decode Request
-//!                      │ Executor::submit
-//!                      ├─ lb:     push Task ──▶ TaskQueue (crossbeam Injector)
-//!                      │                         │ batch steal / steal from peers
-//!                      │          worker threads ◀┘ pinned, spin then park
-//!                      │            Service::execute ──▶ Store
-//!                      │            encode Response ──▶ ReplySink (per connection)
-//!                      └─ inline: Service::execute on the dispatcher itself
-//!                    dispatcher ◀── wake ── ReplySink: one write for all ready replies
+//!  clients ──TCP──▶ acceptor ─────────────┐ (lb: one dispatcher accepts and deals
+//!                                         │  connections round-robin; inline: each
+//!                                         ▼  accepts on a shared or reuseport socket)
+//!                  dispatcher threads (tokio current_thread; each owns its sockets)
+//!                    [TLS handshake]  read ─▶ Conn: frames ─▶ Service::admit
+//!                    │                                         │ answers at once
+//!                    ├─ lb ─────▶ shared queue (bounded) ──┐   │ (decode error, AUTH)
+//!                    │            worker threads ◀─────────┘   │
+//!                    │              Service::execute           │
+//!                    │              Responder ─▶ ReplySink ◀───┘
+//!                    └─ inline: Service::execute on the dispatcher itself
+//!                  dispatcher ◀─ wake ─ ReplySink: one write for every ready reply
+//!
+//!  thread-per-conn: acceptor thread ─▶ one blocking thread per connection,
+//!                   driving the same Conn and running requests in place
+//!  admin thread:    HTTP /metrics and /health (hyper), off the request path
 //! ```
 //!
 //! # Layout
-//! - [`wire`]: frames and protobuf messages; the only place bytes become requests.
-//! - [`dispatcher`]: socket-owning threads: accept, read, frame, write replies.
-//! - [`arch`]: execution strategies, one per architecture (lb, inline,
-//!   thread-per-connection), behind the [`arch::Executor`] trait.
-//! - [`queue`]: the work-stealing queue and the spin-then-park workers.
-//! - [`reply`]: each connection's outbound buffer, filled by workers.
-//! - [`service`]: what each operation does, its limits and statuses.
-//! - [`store`]: the concurrent map with versions and memory accounting.
-//! - [`config`]: flags and defaults; [`metrics`]: counters read by STATS
-//!   and served by [`admin`] at `/metrics`.
-//! - [`auth`]: the optional shared-secret gate in front of every connection;
-//!   [`tls`]: optional TLS, terminated on the dispatchers.
-//! - [`server`]: assembles and starts it all, and shuts it down gracefully.
+//! - [`runtime`](ServerBuilder): the mechanism, generic over any [`Service`].
+//!   `runtime/conn.rs` is one connection's state machine (framing, admission,
+//!   backpressure, deadlines, the graceful close), driven by
+//!   `dispatcher.rs` (tokio) and `blocking.rs` (thread per connection);
+//!   `exec.rs` decides where a request runs, `pool.rs` is the worker pool,
+//!   `reply.rs` the reply path and the reply obligation, `frame.rs` the
+//!   framing, `listen.rs` the sockets, `metrics.rs` and `admin.rs` what it
+//!   reports, `tls.rs` and `thread.rs` the rest.
+//! - [`kv`]: the key-value service, one file per operation under `kv/ops/`,
+//!   the store in `kv/store.rs`.
+//!
+//! The request path, from socket to store and back: `dispatcher.rs`
+//! (`serve`) → `conn.rs` (`admit`) → `kv/mod.rs` (`admit`) → `exec.rs`
+//! (`submit`) → `pool.rs` → `exec.rs` (`run`) → `kv/ops/get.rs` →
+//! `kv/store.rs` → `reply.rs` (`Responder::respond`) → `dispatcher.rs`.
 
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod arch;
-pub mod auth;
-pub mod config;
-pub mod dispatcher;
-pub mod metrics;
-pub mod queue;
-pub mod reply;
-pub mod server;
-pub mod service;
-pub mod store;
-pub mod thread;
-pub mod tls;
-pub mod wire;
+pub mod kv;
+mod runtime;
 
-pub use config::{Arch, Config, WorkerPolicy};
+pub use runtime::service::{Admission, EncodeError, ExecContext, Rejection, Service};
+pub use runtime::{Arch, Limits, Server, ServerBuilder, StartError, WorkerPolicy, process_cpu_us};
 
 /// The version and the commit this server was built from (`-dirty` when the
 /// tree had uncommitted changes), as `--version` and the startup log show it.
@@ -55,4 +53,12 @@ pub const VERSION: &str = concat!(
     env!("RAMKV_COMMIT"),
     ")"
 );
-pub use server::{ServerHandle, StartError, start};
+
+/// Not part of the API: what the repository's own fuzz target and
+/// benchmarks reach into (the real connection state machine, the latency
+/// histogram). It may change at any time.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::runtime::conn::{Close, drive};
+    pub use crate::runtime::metrics::LatencyHistogram;
+}

@@ -10,8 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ramkv::wire::Request;
-use ramkv::wire::pb::{self, request::Op};
+use ramkv_proto::Request;
+use ramkv_proto::{self as pb, request::Op};
 
 struct Counting;
 

@@ -5,9 +5,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::{Raw, server};
-use ramkv::wire::Status;
-use ramkv::wire::pb::{self, request::Op};
 use ramkv_client::Client;
+use ramkv_proto::Status;
+use ramkv_proto::{self as pb, request::Op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_pipelined_requests_each_get_their_own_reply() {
@@ -52,7 +52,7 @@ fn raw_pipeline_replies_match_ids() {
     let mut burst = Vec::new();
     for id in 1..=5_000u64 {
         let payload = id.to_le_bytes().to_vec().into();
-        burst.extend(common::frame(&ramkv::wire::Request {
+        burst.extend(common::frame(&ramkv_proto::Request {
             id,
             op: Some(Op::Ping(pb::Ping { payload })),
         }));
@@ -86,7 +86,7 @@ fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
             c.spin_op_max_us = 5_000_000;
         });
         let mut raw = Raw::connect(srv.local_addr());
-        let mut burst = common::frame(&ramkv::wire::Request {
+        let mut burst = common::frame(&ramkv_proto::Request {
             id: 1,
             op: Some(Op::Spin(pb::Spin {
                 nanos: 1_000_000_000,
@@ -94,7 +94,7 @@ fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
             })),
         });
         for id in 2..=101 {
-            burst.extend(common::frame(&ramkv::wire::Request {
+            burst.extend(common::frame(&ramkv_proto::Request {
                 id,
                 op: Some(Op::Ping(pb::Ping::default())),
             }));
@@ -145,7 +145,7 @@ fn no_fast_request_waits_behind_a_slow_one_while_a_worker_is_free() {
             .into_iter()
             .chain((4..=303).map(|id| (id, 1)))
         {
-            burst.extend(common::frame(&ramkv::wire::Request {
+            burst.extend(common::frame(&ramkv_proto::Request {
                 id,
                 op: Some(sleep_op(ms)),
             }));

@@ -9,8 +9,8 @@ use std::net::Shutdown;
 use std::process::Command;
 
 use common::{Raw, frame, server};
-use ramkv::wire::pb::{self, request::Op};
-use ramkv::wire::{Request, Status};
+use ramkv_proto::{self as pb, request::Op};
+use ramkv_proto::{Request, Status};
 
 fn ping_ok(raw: &mut Raw, id: u64) {
     raw.send(id, Op::Ping(pb::Ping::default()));
@@ -47,7 +47,9 @@ fn oversize_length_prefix_gets_an_error_then_the_connection_closes() {
     ] {
         let srv = server(|c| {
             c.arch = arch;
-            c.max_frame = 1024;
+            c.limits.max_frame = 1024;
+            c.max_key = 64;
+            c.max_value = 512;
         });
         let mut raw = Raw::connect(srv.local_addr());
         raw.send_bytes(&[0x00, 0x10, 0x00, 0x00, 1, 2, 3]);
@@ -150,7 +152,7 @@ fn connections_past_the_limit_get_an_error_frame() {
     for arch in [ramkv::Arch::Lb, ramkv::Arch::ThreadPerConn] {
         let srv = server(|c| {
             c.arch = arch;
-            c.max_connections = 2;
+            c.limits.max_connections = 2;
         });
         let mut a = Raw::connect(srv.local_addr());
         let mut b = Raw::connect(srv.local_addr());
@@ -171,7 +173,11 @@ fn connections_past_the_limit_get_an_error_frame() {
 #[test]
 fn random_byte_streams_never_take_the_server_down() {
     use rand::{Rng, SeedableRng};
-    let srv = server(|c| c.max_frame = 4096);
+    let srv = server(|c| {
+        c.limits.max_frame = 4096;
+        c.max_key = 64;
+        c.max_value = 2048;
+    });
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for _ in 0..200 {
         let mut raw = Raw::connect(srv.local_addr());

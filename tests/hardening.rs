@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::{HANG_GUARD, Raw, frame, server, spawn_server};
 use ramkv::Arch;
-use ramkv::wire::pb::{self, request::Op};
-use ramkv::wire::{Request, Status};
 use ramkv_client::{Client, ClientOptions, Error};
+use ramkv_proto::{self as pb, request::Op};
+use ramkv_proto::{Request, Status};
 
 fn ping_ok(raw: &mut Raw, id: u64) {
     raw.send(id, Op::Ping(pb::Ping::default()));
@@ -108,7 +108,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     for arch in [Arch::Lb, Arch::ThreadPerConn] {
         let srv = server(|c| {
             c.arch = arch;
-            c.idle_timeout = Duration::from_millis(300);
+            c.limits.idle_timeout = Duration::from_millis(300);
         });
         let mut raw = Raw::connect(srv.local_addr());
         ping_ok(&mut raw, 1);
@@ -128,7 +128,7 @@ fn a_frame_that_never_finishes_is_cut_off() {
     for arch in [Arch::Lb, Arch::Inline, Arch::ThreadPerConn] {
         let srv = server(|c| {
             c.arch = arch;
-            c.frame_timeout = Duration::from_millis(300);
+            c.limits.frame_timeout = Duration::from_millis(300);
         });
         let mut raw = Raw::connect(srv.local_addr());
         // Slowloris: a header promising 100 bytes, then only 10 of them.
@@ -145,7 +145,11 @@ fn a_frame_that_never_finishes_is_cut_off() {
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(HANG_GUARD)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -159,9 +163,18 @@ fn admin_endpoint_serves_prometheus_metrics() {
         ping_ok(&mut raw, id);
     }
     let admin = srv.admin_addr().unwrap();
+    // An idle client that never sends a request must not hold up a scrape
+    // (the old endpoint served one connection at a time, for 5 s each).
+    let _idle = std::net::TcpStream::connect(admin).unwrap();
+    let started = std::time::Instant::now();
     let text = http_get(admin, "/metrics");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "a scrape waited {:?} behind an idle connection",
+        started.elapsed()
+    );
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("# TYPE ramkv_requests_total counter"));
+    assert!(text.contains("# TYPE ramkv_requests counter"), "{text}");
     assert!(
         text.contains("ramkv_requests_total{op=\"ping\",status=\"OK\"} 3"),
         "{text}"
@@ -170,19 +183,25 @@ fn admin_endpoint_serves_prometheus_metrics() {
         "ramkv_connections_open",
         "ramkv_bytes_in_total",
         "ramkv_queue_depth",
-        "ramkv_queue_delay_ns",
-        "ramkv_service_time_ns",
         "ramkv_worker_parks_total",
         "ramkv_dispatcher_busy_ns_total",
+        "ramkv_build_info{",
     ] {
         assert!(text.contains(family), "{family} missing");
     }
+    // Latencies as histograms with cumulative buckets, which aggregate
+    // across servers, instead of quantiles since start.
     assert!(
-        text.contains("# TYPE ramkv_queue_delay_ns summary"),
+        text.contains("# TYPE ramkv_service_time_seconds histogram"),
         "{text}"
     );
-    assert!(text.contains("ramkv_service_time_ns{quantile=\"0.99\"}"));
-    assert!(text.contains("ramkv_service_time_ns_count"));
+    assert!(
+        text.contains("ramkv_service_time_seconds_bucket{le=\"+Inf\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("ramkv_queue_delay_seconds_count 3"), "{text}");
+    assert!(!text.contains("quantile="));
+    assert!(http_get(admin, "/health").starts_with("HTTP/1.1 200"));
     assert!(http_get(admin, "/nope").starts_with("HTTP/1.1 404"));
     srv.shutdown();
 }
@@ -250,6 +269,10 @@ async fn a_reader_that_stops_reading_is_paused_then_dropped() {
         "500ms",
         "--max-outbound",
         "256KiB",
+        "--max-frame",
+        "128KiB",
+        "--max-value",
+        "100KiB",
     ]);
     let c = Client::connect(addr).await.unwrap();
     let v = c.put("big", vec![b'x'; 64 * 1024]).await.unwrap();
@@ -362,7 +385,7 @@ fn the_in_flight_cap_stops_reading_instead_of_queueing() {
     // not queue behind the slow requests as a STATS request would.
     let srv = server(|c| {
         c.workers = Some(1);
-        c.max_in_flight = 2;
+        c.limits.max_in_flight = 2;
         c.enable_spin_op = true;
         c.admin = Some("127.0.0.1:0".parse().unwrap());
     });
@@ -420,15 +443,22 @@ fn a_failed_start_leaves_nothing_running() {
         .local_addr()
         .unwrap()
         .port();
-    let mut cfg = ramkv::Config::for_tests();
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    cfg.admin = Some(taken.local_addr().unwrap());
-    match ramkv::start(&cfg) {
-        Err(e) => assert!(e.to_string().contains("--admin"), "{e}"),
+    let start = |admin: Option<String>| {
+        let setup = common::Setup {
+            admin,
+            ..Default::default()
+        };
+        setup
+            .builder()
+            .unwrap()
+            .listen(format!("127.0.0.1:{port}"))
+            .start()
+    };
+    match start(Some(taken.local_addr().unwrap().to_string())) {
+        Err(e) => assert!(e.to_string().contains("admin endpoint"), "{e}"),
         Ok(_) => panic!("started with its admin address taken"),
     }
-    cfg.admin = None;
-    let srv = ramkv::start(&cfg).expect("the failed start released its port");
+    let srv = start(None).expect("the failed start released its port");
     ping_ok(&mut Raw::connect(srv.local_addr()), 1);
     srv.shutdown();
 }
@@ -438,7 +468,7 @@ fn the_idle_timeout_counts_from_the_last_activity() {
     // Active at t0 and again at t0 + 300 ms, then silent: the connection
     // must live a full idle timeout past the second request, even though
     // the server's timer was armed at t0 (it is moved lazily when it fires).
-    let srv = server(|c| c.idle_timeout = Duration::from_millis(1_000));
+    let srv = server(|c| c.limits.idle_timeout = Duration::from_millis(1_000));
     let mut raw = Raw::connect(srv.local_addr());
     ping_ok(&mut raw, 1);
     std::thread::sleep(Duration::from_millis(300)); // the client's pause, not a synchronisation
@@ -466,7 +496,7 @@ async fn await_disconnect(c: &Client) {
 async fn a_client_idled_out_by_the_server_dials_again_and_authenticates_again() {
     let path = token_file("redial-token");
     let srv = server(|c| {
-        c.idle_timeout = Duration::from_millis(200);
+        c.limits.idle_timeout = Duration::from_millis(200);
         c.auth_token_file = Some(path.clone());
     });
     let opts = ClientOptions {
@@ -488,7 +518,7 @@ async fn a_client_idled_out_by_the_server_dials_again_and_authenticates_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_after_a_drop_share_one_new_connection() {
-    let srv = server(|c| c.idle_timeout = Duration::from_millis(200));
+    let srv = server(|c| c.limits.idle_timeout = Duration::from_millis(200));
     let c = Client::connect(srv.local_addr()).await.unwrap();
     c.ping().await.unwrap();
     await_disconnect(&c).await;
@@ -514,7 +544,7 @@ async fn a_client_dials_a_restarted_server_on_the_same_address() {
     c.put("k", "v").await.unwrap();
     first.shutdown();
     await_disconnect(&c).await;
-    let second = server(|cfg| cfg.listen = addr);
+    let second = server(|cfg| cfg.listen = Some(addr.to_string()));
     // A new server, so the key is gone, but the same client works.
     assert_eq!(c.get("k").await.unwrap(), None);
     second.shutdown();
@@ -522,7 +552,7 @@ async fn a_client_dials_a_restarted_server_on_the_same_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reconnect_a_dropped_client_fails_with_closed() {
-    let srv = server(|c| c.idle_timeout = Duration::from_millis(200));
+    let srv = server(|c| c.limits.idle_timeout = Duration::from_millis(200));
     let opts = ClientOptions {
         reconnect: false,
         ..Default::default()
@@ -554,7 +584,7 @@ async fn callers_waiting_on_a_failed_redial_share_its_error_instead_of_each_dial
     let script = std::thread::spawn(move || {
         let (mut first, _) = listener.accept().unwrap();
         let auth = read_request(&mut first);
-        let ok = ramkv::wire::Response {
+        let ok = ramkv_proto::Response {
             id: auth.id,
             status: Status::Ok as i32,
             ..Default::default()

@@ -5,68 +5,11 @@ mod common;
 
 use bytes::Bytes;
 use common::{Raw, server, stat};
-use ramkv::Arch;
-use ramkv::wire::Status;
-use ramkv::wire::pb::{self, request::Op};
 use ramkv_client::{Client, Error};
+use ramkv_proto::Status;
+use ramkv_proto::{self as pb, request::Op};
 
-/// Adjusts a test configuration into one architecture.
-type Setup = Box<dyn Fn(&mut ramkv::Config)>;
-
-/// Each architecture as the command line would configure it.
-fn architectures() -> Vec<(&'static str, Setup)> {
-    vec![
-        (
-            "lb, 1 dispatcher, 2 workers",
-            Box::new(|c| c.workers = Some(2)),
-        ),
-        ("lb, 1 worker", Box::new(|c| c.workers = Some(1))),
-        (
-            // Spinning is off by default when threads outnumber cores, as on
-            // CI; this runs the spin-window hand-off through real sockets.
-            "lb, 2 workers spinning 100 µs",
-            Box::new(|c| {
-                c.workers = Some(2);
-                c.spin_us = Some(100);
-            }),
-        ),
-        (
-            "lb, reuseport x3, 3 workers",
-            Box::new(|c| {
-                c.dispatchers = 3;
-                c.reuseport = true;
-                c.workers = Some(3);
-            }),
-        ),
-        (
-            "lb, 2 dispatchers handed off",
-            Box::new(|c| c.dispatchers = 2),
-        ),
-        (
-            "inline single-threaded",
-            Box::new(|c| c.arch = Arch::Inline),
-        ),
-        (
-            "inline, 3 acceptors on a shared socket",
-            Box::new(|c| {
-                c.arch = Arch::Inline;
-                c.dispatchers = 3;
-            }),
-        ),
-        (
-            "inline, reuseport x2",
-            Box::new(|c| {
-                c.arch = Arch::Inline;
-                c.dispatchers = 2;
-                c.reuseport = true;
-            }),
-        ),
-        (
-            "thread-per-conn",
-            Box::new(|c| c.arch = Arch::ThreadPerConn),
-        ),
-    ]
-}
+use common::architectures;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_op_and_status_in_every_architecture() {
@@ -164,7 +107,7 @@ async fn every_op_and_status_in_every_architecture() {
         }
         // A request with no op is INVALID_REQUEST and echoes its id.
         let mut raw = Raw::connect(addr);
-        raw.send_bytes(&common::frame(&ramkv::wire::Request { id: 99, op: None }));
+        raw.send_bytes(&common::frame(&ramkv_proto::Request { id: 99, op: None }));
         let r = raw.recv().unwrap();
         assert_eq!(
             (r.id, r.status),
@@ -246,7 +189,7 @@ async fn a_full_queue_answers_overloaded_at_once() {
     // it overflows the queue and must be shed, not queued.
     let srv = server(|c| {
         c.workers = Some(1);
-        c.queue_bound = 2;
+        c.limits.queue_bound = 2;
         c.enable_spin_op = true;
         c.spin_op_max_us = 2_000_000;
     });
@@ -260,7 +203,7 @@ async fn a_full_queue_answers_overloaded_at_once() {
     );
     let mut burst = Vec::new();
     for id in 2..50 {
-        burst.extend(common::frame(&ramkv::wire::Request {
+        burst.extend(common::frame(&ramkv_proto::Request {
             id,
             op: Some(Op::Ping(pb::Ping::default())),
         }));

@@ -11,15 +11,18 @@ use std::sync::OnceLock;
 use common::Raw;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use ramkv::ServerHandle;
-use ramkv::wire::Status;
-use ramkv::wire::pb::{self, request::Op};
+use ramkv::Server;
+use ramkv::kv::KvService;
+use ramkv_proto::Status;
+use ramkv_proto::{self as pb, request::Op};
 
-fn shared_server() -> &'static ServerHandle {
-    static SERVER: OnceLock<ServerHandle> = OnceLock::new();
+fn shared_server() -> &'static Server<KvService> {
+    static SERVER: OnceLock<Server<KvService>> = OnceLock::new();
     SERVER.get_or_init(|| {
         common::server(|c| {
-            c.max_frame = 4096;
+            c.limits.max_frame = 4096;
+            c.max_key = 64;
+            c.max_value = 2048;
             c.workers = Some(2);
         })
     })

@@ -64,7 +64,7 @@ impl Drop for Pki {
     }
 }
 
-fn tls_server(pki: &Pki, arch: ramkv::Arch) -> ramkv::ServerHandle {
+fn tls_server(pki: &Pki, arch: ramkv::Arch) -> ramkv::Server<ramkv::kv::KvService> {
     common::server(|c| {
         c.arch = arch;
         c.tls_cert = Some(pki.path("server.pem"));
@@ -159,15 +159,21 @@ async fn expired_and_untrusted_certificates_are_refused() {
 }
 
 #[test]
-fn tls_needs_both_files_and_a_dispatcher_architecture() {
-    let mut cfg = ramkv::Config::for_tests();
-    cfg.tls_cert = Some("x.pem".into());
-    assert!(cfg.validate().unwrap_err().contains("--tls-key"));
-    cfg.tls_key = Some("x.key".into());
-    cfg.arch = ramkv::Arch::ThreadPerConn;
-    assert!(cfg.validate().unwrap_err().contains("thread-per-conn"));
-    cfg.arch = ramkv::Arch::Lb;
-    match ramkv::start(&cfg) {
+fn tls_needs_its_files_and_a_dispatcher_architecture() {
+    let start = |arch| {
+        let setup = common::Setup {
+            arch,
+            tls_cert: Some("x.pem".into()),
+            tls_key: Some("x.key".into()),
+            ..Default::default()
+        };
+        setup.builder().unwrap().start()
+    };
+    match start(ramkv::Arch::ThreadPerConn) {
+        Err(e) => assert!(e.to_string().contains("thread-per-conn"), "{e}"),
+        Ok(_) => panic!("thread-per-conn must refuse TLS"),
+    }
+    match start(ramkv::Arch::Lb) {
         Err(e) => assert!(e.to_string().contains("TLS certificate"), "{e}"),
         Ok(_) => panic!("missing certificate files must stop the start"),
     }

@@ -48,7 +48,7 @@ fn open_loop_shows_a_stall_that_closed_loop_hides() {
 
 #[test]
 fn json_contract_and_sweep_files() {
-    let srv = ramkv::start(&ramkv::Config::for_tests()).unwrap();
+    let srv = ramkv_server();
     let target = format!("ramkv://{}", srv.local_addr());
     let out = bench()
         .args(["--target", &target, "--rate", "500", "--duration", "1s"])
@@ -149,7 +149,7 @@ fn a_target_that_never_answers_fails_within_the_connect_timeout() {
 #[test]
 fn errors_are_reported_by_status_with_the_servers_message() {
     // SPIN without --enable-spin-op: every request fails the same way.
-    let srv = ramkv::start(&ramkv::Config::for_tests()).unwrap();
+    let srv = ramkv_server();
     let target = format!("ramkv://{}", srv.local_addr());
     let dir = std::env::temp_dir().join(format!("ramkv-bench-errors-{}", std::process::id()));
     let prefix = dir.join("sweep").to_string_lossy().into_owned();
@@ -228,7 +228,7 @@ fn requests_lost_with_their_connection_are_errors_not_silence() {
 fn a_run_that_misses_its_schedule_is_invalid_and_strict_fails_it() {
     // An on-time threshold of 0 ns: no send can leave at its exact
     // nanosecond, so adherence is ~0 on any machine.
-    let srv = ramkv::start(&ramkv::Config::for_tests()).unwrap();
+    let srv = ramkv_server();
     let target = format!("ramkv://{}", srv.local_addr());
     let run = |strict: bool| {
         let mut cmd = bench();
@@ -399,11 +399,11 @@ fn secure_files(dir: &std::path::Path) {
 fn bench_takes_a_token_file_and_a_tls_ca() {
     let dir = std::env::temp_dir().join(format!("ramkv-bench-secure-{}", std::process::id()));
     secure_files(&dir);
-    let mut cfg = ramkv::Config::for_tests();
-    cfg.tls_cert = Some(dir.join("server.pem"));
-    cfg.tls_key = Some(dir.join("server.key"));
-    cfg.auth_token_file = Some(dir.join("token"));
-    let srv = ramkv::start(&cfg).unwrap();
+    let kv = ramkv::kv::KvOptions {
+        auth_token_file: Some(dir.join("token")),
+        ..Default::default()
+    };
+    let srv = ramkv_server_with(kv, Some((dir.join("server.pem"), dir.join("server.key"))));
     let out = bench()
         .args(["--target", &format!("ramkv://{}", srv.local_addr())])
         .args([

@@ -11,7 +11,7 @@ use ramkv_bench::engine::{self, Mode};
 
 #[test]
 fn the_schedule_is_offered_and_answered_at_2k_and_20k_per_second() {
-    let srv = ramkv::start(&ramkv::Config::for_tests()).unwrap();
+    let srv = ramkv_server();
     let target = format!("ramkv://{}", srv.local_addr());
     for rate in [2_000.0, 20_000.0] {
         let mut cfg = config(&target, Mode::Open { rate }, Duration::from_secs(3));

@@ -10,13 +10,33 @@ fn ramkv(server: &str, args: &[&str]) -> Output {
         .expect("ramkv runs")
 }
 
+/// A ramkv server on a loopback port, with `kv` and, if given, TLS.
+pub fn ramkv_server_with(
+    kv: ramkv::kv::KvOptions,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> ramkv::Server<ramkv::kv::KvService> {
+    let svc = ramkv::kv::KvService::new(kv).expect("valid options");
+    let mut b = ramkv::ServerBuilder::new(svc)
+        .listen("127.0.0.1:0")
+        .pin(false);
+    if let Some((cert, key)) = tls {
+        b = b.tls(cert, key);
+    }
+    b.start().expect("server starts")
+}
+
+/// A ramkv server with the default options on a loopback port.
+pub fn ramkv_server() -> ramkv::Server<ramkv::kv::KvService> {
+    ramkv_server_with(ramkv::kv::KvOptions::default(), None)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
 fn put_get_del_ping_stats() {
-    let srv = ramkv::start(&ramkv::Config::for_tests()).unwrap();
+    let srv = ramkv_server_with(ramkv::kv::KvOptions::default(), None);
     let addr = srv.local_addr().to_string();
 
     let out = ramkv(&addr, &["put", "greeting", "hello world"]);
@@ -118,11 +138,11 @@ fn the_cli_takes_a_token_file_and_a_tls_ca() {
     let dir = std::env::temp_dir().join(format!("ramkv-cli-secure-{}", std::process::id()));
     secure_files(&dir);
     let f = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let mut cfg = ramkv::Config::for_tests();
-    cfg.tls_cert = Some(dir.join("server.pem"));
-    cfg.tls_key = Some(dir.join("server.key"));
-    cfg.auth_token_file = Some(dir.join("token"));
-    let srv = ramkv::start(&cfg).unwrap();
+    let kv = ramkv::kv::KvOptions {
+        auth_token_file: Some(dir.join("token")),
+        ..Default::default()
+    };
+    let srv = ramkv_server_with(kv, Some((dir.join("server.pem"), dir.join("server.key"))));
     let addr = srv.local_addr().to_string();
     let secure = ["--tls-ca", &f("ca.pem"), "--auth-token-file", &f("token")];
 

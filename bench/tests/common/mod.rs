@@ -222,3 +222,23 @@ pub fn json(stdout: &[u8]) -> serde_json::Value {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A ramkv server on a loopback port, with `kv` and, if given, TLS.
+pub fn ramkv_server_with(
+    kv: ramkv::kv::KvOptions,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> ramkv::Server<ramkv::kv::KvService> {
+    let svc = ramkv::kv::KvService::new(kv).expect("valid options");
+    let mut b = ramkv::ServerBuilder::new(svc)
+        .listen("127.0.0.1:0")
+        .pin(false);
+    if let Some((cert, key)) = tls {
+        b = b.tls(cert, key);
+    }
+    b.start().expect("server starts")
+}
+
+/// A ramkv server with the default options on a loopback port.
+pub fn ramkv_server() -> ramkv::Server<ramkv::kv::KvService> {
+    ramkv_server_with(ramkv::kv::KvOptions::default(), None)
+}

@@ -1,5 +1,6 @@
-//! Counters and histograms, declared next to what they measure and read by
-//! the STATS op.
+//! The runtime's counters and histograms: connections, bytes, dispatcher and
+//! worker busy time, queueing delay and service time. (A service counts its
+//! own requests; see `Service::figures`.)
 //!
 //! Every thread that executes requests (a worker, an inline dispatcher) owns
 //! one cache-padded [`ExecStats`] slot and every dispatcher one
@@ -10,51 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
-
-use crate::wire::pb::request::Op;
-
-/// Operation labels, indexed by [`op_index`].
-pub const OPS: [&str; 10] = [
-    "get",
-    "put",
-    "delete",
-    "multi_get",
-    "multi_put",
-    "ping",
-    "stats",
-    "spin",
-    "auth",
-    "invalid",
-];
-
-/// Status labels, indexed by the protobuf `Status` value.
-pub const STATUSES: [&str; 9] = [
-    "OK",
-    "NOT_FOUND",
-    "VERSION_MISMATCH",
-    "INVALID_REQUEST",
-    "TOO_LARGE",
-    "OVERLOADED",
-    "UNAUTHENTICATED",
-    "INTERNAL",
-    "OUT_OF_MEMORY",
-];
-
-/// The [`OPS`] index of a request's operation; `None` (no op set) is "invalid".
-pub fn op_index(op: Option<&Op>) -> usize {
-    match op {
-        Some(Op::Get(_)) => 0,
-        Some(Op::Put(_)) => 1,
-        Some(Op::Delete(_)) => 2,
-        Some(Op::MultiGet(_)) => 3,
-        Some(Op::MultiPut(_)) => 4,
-        Some(Op::Ping(_)) => 5,
-        Some(Op::Stats(_)) => 6,
-        Some(Op::Spin(_)) => 7,
-        Some(Op::Auth(_)) => 8,
-        None => 9,
-    }
-}
 
 /// Sub-bucket bits of [`LatencyHistogram`]: each power of two is split into
 /// 2^3 = 8 buckets, so a bucket is at most 12.5% wide.
@@ -134,6 +90,69 @@ impl Merged {
     }
 }
 
+/// Histogram bounds for the admin endpoint, in seconds: 1-2-5 steps from
+/// 1 µs to 10 s, then +Inf.
+const BOUNDS_S: [f64; 23] = [
+    1e-6,
+    2e-6,
+    5e-6,
+    1e-5,
+    2e-5,
+    5e-5,
+    1e-4,
+    2e-4,
+    5e-4,
+    1e-3,
+    2e-3,
+    5e-3,
+    1e-2,
+    2e-2,
+    5e-2,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    f64::INFINITY,
+];
+
+impl Merged {
+    /// Counts per Prometheus bucket (`le` bound, count), not cumulative:
+    /// each fine bucket goes to the first bound at or above its upper end,
+    /// so a sample is never counted below its value.
+    fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = BOUNDS_S.iter().map(|&b| (b, 0)).collect();
+        for (i, &n) in self.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let upper = bucket_upper(i) as f64 / 1e9;
+            let k = out
+                .iter()
+                .position(|(b, _)| *b >= upper)
+                .unwrap_or(out.len() - 1);
+            out[k].1 += n;
+        }
+        out
+    }
+}
+
+/// A latency histogram as the admin endpoint exposes it.
+#[derive(Debug)]
+pub struct Histogram {
+    /// The Prometheus family name.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// The prefix of the STATS figures (quantiles, sum, count) it stands for.
+    pub stats_prefix: &'static str,
+    /// Sum of all samples, in seconds.
+    pub sum_seconds: f64,
+    /// Number of samples.
+    pub count: u64,
+    /// `(le, count)` per bucket, not cumulative, ending with +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}
+
 impl LatencyHistogram {
     /// Records one sample.
     pub fn record(&self, d: Duration) {
@@ -153,7 +172,6 @@ impl LatencyHistogram {
 /// What one request-executing thread did.
 #[derive(Default)]
 pub struct ExecStats {
-    requests: [[AtomicU64; STATUSES.len()]; OPS.len()],
     /// Time spent executing requests.
     pub busy_ns: AtomicU64,
     /// Times this worker went to sleep after its spin window.
@@ -164,14 +182,6 @@ pub struct ExecStats {
     pub queue_delay: LatencyHistogram,
     /// Start to end of execution.
     pub service_time: LatencyHistogram,
-}
-
-impl ExecStats {
-    /// Counts one finished request.
-    pub fn count(&self, op: usize, status: i32) {
-        let status = usize::try_from(status).unwrap_or(7).min(STATUSES.len() - 1);
-        self.requests[op][status].fetch_add(1, Relaxed);
-    }
 }
 
 /// What one dispatcher thread did.
@@ -223,62 +233,44 @@ impl Metrics {
         &self.dispatchers[i % self.dispatchers.len()]
     }
 
-    /// Connections open across all dispatchers.
-    pub fn connections_open(&self) -> u64 {
-        self.dispatchers
-            .iter()
-            .map(|d| d.connections_open.load(Relaxed))
-            .sum()
-    }
-
-    /// Every figure in the Prometheus text exposition format. A family's
-    /// type follows from its samples: `quantile` labels make a summary (whose
-    /// `_sum` and `_count` belong to it), a `_total` suffix a counter, and
-    /// anything else a gauge.
-    pub fn prometheus_text(figures: &[(String, u64)]) -> String {
-        let mut out = String::with_capacity(figures.len() * 64);
-        let mut last_family = "";
-        let mut last_is_summary = false;
-        for (name, value) in figures {
-            let family = name.split('{').next().unwrap_or(name);
-            let summary_part = last_is_summary
-                && [family.strip_suffix("_sum"), family.strip_suffix("_count")]
-                    .contains(&Some(last_family));
-            if family != last_family && !summary_part {
-                let kind = if name.contains("quantile=") {
-                    "summary"
-                } else if family.ends_with("_total") {
-                    "counter"
-                } else {
-                    "gauge"
+    /// The queueing delay and service time histograms, merged over threads.
+    pub fn histograms(&self) -> Vec<Histogram> {
+        type Pick = fn(&ExecStats) -> &LatencyHistogram;
+        let pick: [(&'static str, &'static str, &'static str, Pick); 2] = [
+            (
+                "ramkv_queue_delay_seconds",
+                "Time from queueing a request to a worker starting it (lb)",
+                "ramkv_queue_delay_ns",
+                |e| &e.queue_delay,
+            ),
+            (
+                "ramkv_service_time_seconds",
+                "Time executing a request",
+                "ramkv_service_time_ns",
+                |e| &e.service_time,
+            ),
+        ];
+        pick.into_iter()
+            .map(|(name, help, stats_prefix, f)| {
+                let mut m = Merged {
+                    buckets: Box::new([0; BUCKETS]),
+                    sum_ns: 0,
                 };
-                out.push_str(&format!("# TYPE {family} {kind}\n"));
-                last_family = family;
-                last_is_summary = kind == "summary";
-            }
-            out.push_str(&format!("{name} {value}\n"));
-        }
-        out
+                self.exec.iter().for_each(|e| f(e).add_into(&mut m));
+                Histogram {
+                    name,
+                    help,
+                    stats_prefix,
+                    sum_seconds: m.sum_ns as f64 / 1e9,
+                    count: m.count(),
+                    buckets: m.prometheus_buckets(),
+                }
+            })
+            .collect()
     }
 
     /// Every figure as (name, value), in Prometheus naming.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        for (o, op) in OPS.iter().enumerate() {
-            for (s, status) in STATUSES.iter().enumerate() {
-                let n: u64 = self
-                    .exec
-                    .iter()
-                    .map(|e| e.requests[o][s].load(Relaxed))
-                    .sum();
-                if n > 0 {
-                    out.push((
-                        format!("ramkv_requests_total{{op=\"{op}\",status=\"{status}\"}}"),
-                        n,
-                    ));
-                }
-            }
-        }
+    pub fn snapshot(&self, out: &mut Vec<(String, u64)>) {
         let sum = |f: fn(&DispatcherStats) -> &AtomicU64| -> u64 {
             self.dispatchers.iter().map(|d| f(d).load(Relaxed)).sum()
         };
@@ -347,7 +339,6 @@ impl Metrics {
             out.push((format!("ramkv_{name}_ns_sum"), m.sum_ns));
             out.push((format!("ramkv_{name}_ns_count"), m.count()));
         }
-        out
     }
 }
 
@@ -407,23 +398,21 @@ mod tests {
     }
 
     #[test]
-    fn summaries_are_typed_once_with_their_sum_and_count() {
-        let text = Metrics::prometheus_text(&[
-            ("a_total".into(), 1),
-            ("d_ns{quantile=\"0.5\"}".into(), 2),
-            ("d_ns{quantile=\"0.99\"}".into(), 3),
-            ("d_ns_sum".into(), 4),
-            ("d_ns_count".into(), 5),
-            ("g".into(), 6),
-        ]);
-        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
-        assert_eq!(
-            types,
-            [
-                "# TYPE a_total counter",
-                "# TYPE d_ns summary",
-                "# TYPE g gauge"
-            ]
-        );
+    fn prometheus_buckets_never_count_a_sample_below_its_value() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_nanos(900)); // under 1 µs
+        h.record(Duration::from_micros(150)); // into le 200 µs
+        h.record(Duration::from_secs(30)); // past 10 s: +Inf
+        let mut m = Merged {
+            buckets: Box::new([0; BUCKETS]),
+            sum_ns: 0,
+        };
+        h.add_into(&mut m);
+        let b = m.prometheus_buckets();
+        let count_at = |le: f64| b.iter().find(|(x, _)| *x == le).map_or(0, |(_, n)| *n);
+        assert_eq!(count_at(1e-6), 1);
+        assert_eq!(count_at(2e-4), 1);
+        assert_eq!(count_at(f64::INFINITY), 1);
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 3);
     }
 }

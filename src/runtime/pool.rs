@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::sync::{Parker, Unparker};
 
-use crate::metrics::{ExecStats, Metrics};
+use super::metrics::{ExecStats, Metrics};
 
 /// Spin iterations between clock reads while idle.
 const SPINS_PER_CLOCK_READ: u32 = 64;
@@ -156,11 +156,6 @@ impl<T> TaskQueue<T> {
         self.injector.len()
     }
 
-    /// True when the global queue is empty.
-    pub fn is_empty(&self) -> bool {
-        self.injector.is_empty()
-    }
-
     /// Takes the oldest queued task, if any.
     fn find_task(&self) -> Option<T> {
         loop {
@@ -191,7 +186,7 @@ pub struct PoolConfig {
     /// The core for each worker, if pinned.
     pub cores: Vec<Option<core_affinity::CoreId>>,
     /// Run workers as `SCHED_BATCH`, for when they share cores with the
-    /// dispatchers; see [`crate::thread::set_sched_batch`].
+    /// dispatchers; see [`super::thread::set_sched_batch`].
     pub batch_sched: bool,
 }
 
@@ -199,6 +194,10 @@ pub struct PoolConfig {
 pub struct WorkerPool<T> {
     queue: Arc<TaskQueue<T>>,
     threads: Vec<JoinHandle<()>>,
+    /// One message from each worker as it exits, so shutdown can wait for
+    /// them with a deadline. (In a mutex only so that the pool, and the
+    /// server holding it, can be shared between threads.)
+    exited: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl<T: Send + 'static> WorkerPool<T> {
@@ -224,17 +223,18 @@ impl<T: Send + 'static> WorkerPool<T> {
         // Each worker reports once it is pinned and scheduled as asked, so
         // that a started pool has no thread still setting itself up.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let (exit_tx, exited) = std::sync::mpsc::channel::<()>();
         for (i, parker) in parkers.into_iter().enumerate() {
             let (q, handler, metrics) = (queue.clone(), handler.clone(), metrics.clone());
             let core = cfg.cores.get(i).copied().flatten();
             let spin = cfg.spin;
             let batch_sched = cfg.batch_sched;
-            let ready = ready_tx.clone();
+            let (ready, exit) = (ready_tx.clone(), exit_tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("ramkv-worker-{i}"))
                 .spawn(move || {
-                    crate::thread::prepare(core);
-                    if batch_sched && let Err(e) = crate::thread::set_sched_batch() {
+                    super::thread::prepare(core);
+                    if batch_sched && let Err(e) = super::thread::set_sched_batch() {
                         tracing::warn!(worker = i, "cannot make the worker SCHED_BATCH: {e}");
                     }
                     let _ = ready.send(());
@@ -243,12 +243,18 @@ impl<T: Send + 'static> WorkerPool<T> {
                         stats: metrics.exec(i),
                     };
                     run_worker(&q, &parker, spin, &ctx, &*handler);
+                    let _ = exit.send(());
                 });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     // Leave nothing running: stop the workers already started.
-                    WorkerPool { queue, threads }.shutdown();
+                    let started = WorkerPool {
+                        queue,
+                        threads,
+                        exited: Mutex::new(exited),
+                    };
+                    started.shutdown(Instant::now() + Duration::from_secs(60));
                     return Err(e);
                 }
             }
@@ -258,7 +264,11 @@ impl<T: Send + 'static> WorkerPool<T> {
             // Err only if a worker died before reporting; the pool still runs.
             let _ = ready_rx.recv();
         }
-        Ok(WorkerPool { queue, threads })
+        Ok(WorkerPool {
+            queue,
+            threads,
+            exited: Mutex::new(exited),
+        })
     }
 
     /// The queue to push tasks into.
@@ -266,11 +276,24 @@ impl<T: Send + 'static> WorkerPool<T> {
         &self.queue
     }
 
-    /// Lets the workers finish every queued task, then stops and joins them.
-    /// Call it after the producers have stopped.
-    pub fn shutdown(self) {
+    /// Lets the workers finish every queued task, then stops and joins them,
+    /// waiting no later than `deadline`: a worker still running a request
+    /// then is left to finish it and exit on its own, and tasks still queued
+    /// are dropped, which answers them INTERNAL. Call it after the producers
+    /// have stopped.
+    pub fn shutdown(self, deadline: Instant) {
         self.queue.shutdown.store(true, Ordering::SeqCst);
         self.queue.sleepers.wake_all();
+        let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if exited.recv_timeout(left).is_err() {
+                tracing::warn!(
+                    "drain timeout: leaving workers behind that are still running requests"
+                );
+                return;
+            }
+        }
         for t in self.threads {
             let _ = t.join();
         }
@@ -343,6 +366,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, AtomicU64};
     use std::sync::mpsc;
 
+    /// A shutdown deadline no test should reach.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(120)
+    }
+
     /// An unpinned pool of `workers` with the given spin window.
     fn test_pool(workers: usize, spin: Duration) -> PoolConfig {
         PoolConfig {
@@ -400,7 +428,7 @@ mod tests {
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("stalled after {i} of {total} tasks"));
         }
-        pool.shutdown();
+        pool.shutdown(far());
         let wrong: Vec<usize> = (0..total)
             .filter(|&i| runs[i].load(Ordering::Relaxed) != 1)
             .collect();
@@ -441,7 +469,7 @@ mod tests {
                 "stalled at task {i}"
             );
         }
-        pool.shutdown();
+        pool.shutdown(far());
         assert!(
             metrics.exec(0).parks.load(Ordering::Relaxed) > 0,
             "the worker never parked"
@@ -494,7 +522,7 @@ mod tests {
             ran_on.insert(w);
         }
         let wakeups = total(|e| &e.wakeups);
-        pool.shutdown();
+        pool.shutdown(far());
         // One wake-up is needed; allow one spurious one.
         assert!(wakeups <= 2, "{wakeups} wake-ups for sequential tasks");
         assert!(ran_on.len() <= 2, "tasks ran on {} workers", ran_on.len());
@@ -554,7 +582,7 @@ mod tests {
                     .expect("a task stalled")
             })
             .collect();
-        pool.shutdown();
+        pool.shutdown(far());
         let slow_at = order.iter().position(|&id| id == 0).unwrap();
         // Everything answered before the slow task is short tasks 1..=k, in
         // arrival order, with 1, 2 and 3 among them.
@@ -584,7 +612,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(pool.queue().spinning.load(Ordering::SeqCst) <= MAX_SPINNERS);
-        pool.shutdown();
+        pool.shutdown(far());
     }
 
     #[test]
@@ -603,7 +631,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(pool.queue().spinning.load(Ordering::SeqCst), 0);
-        pool.shutdown();
+        pool.shutdown(far());
     }
 
     #[test]
@@ -624,7 +652,7 @@ mod tests {
             Ok(1),
             "the only worker died"
         );
-        pool.shutdown();
+        pool.shutdown(far());
     }
 
     #[test]
@@ -640,7 +668,7 @@ mod tests {
         for _ in 0..10_000 {
             pool.queue().push(0);
         }
-        pool.shutdown();
+        pool.shutdown(far());
         assert_eq!(count.load(Ordering::Relaxed), 10_000);
     }
 }

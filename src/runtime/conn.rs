@@ -1,0 +1,549 @@
+//! One connection, as a state machine that does no I/O: framing, admission
+//! and backpressure, the deadlines, the in-flight and reply accounting, and
+//! the decision to close. The dispatcher (tokio), the thread-per-connection
+//! driver (blocking) and the fuzz target all drive this one type, so every
+//! architecture frames, admits, times out and closes the same way.
+//!
+//! ```text
+//!   bytes read ──▶ Framer ──frames──▶ Service::admit ──▶ run (lb: queue; else in place)
+//!                    │                      │ answers at once (decode error, AUTH)
+//!   deadline  ◀── partial frame?            ▼
+//!   (frame / idle)                     ReplySink ──▶ take_replies ──▶ written by the driver
+//! ```
+//!
+//! Admission stops at `max_in_flight` requests, or when the replies owed
+//! (encoded, or reserved for at admission) reach `max_outbound`; the driver
+//! then stops reading, and TCP pushes back on the client. It always admits
+//! one request when none is in flight, so a single reply larger than the
+//! budget cannot deadlock a connection.
+//!
+//! **The frame timeout** runs while an incomplete frame is buffered and the
+//! connection is being read: from the first byte of that frame (its length
+//! prefix included), not restarted by later bytes, and reset only when a
+//! frame completes.
+//!
+//! **Closing.** Once the connection must close (the peer finished, shutdown,
+//! an oversize frame, a frame timeout, a refused authentication, the idle
+//! timeout) it admits nothing more, and [`Conn::finished`] turns true only
+//! when every reply it owes has been taken for writing. The driver then
+//! writes them, half-closes, and reads and discards input until the peer
+//! closes or `linger` passes, so the kernel does not reset the connection and
+//! discard replies still queued.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::Limits;
+use super::frame::{Framer, RequestBudget, TooLarge};
+use super::reply::{ReplySink, Responder};
+use super::service::{Admission, Rejection, Service};
+
+/// Why a connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// The peer closed its side.
+    PeerDone,
+    /// The server is shutting down.
+    Shutdown,
+    /// A length prefix over `max_frame`.
+    FrameTooLarge,
+    /// A frame left unfinished for `frame_timeout`.
+    FrameTimeout,
+    /// The service answered and asked to close (a refused authentication).
+    Refused,
+    /// Nothing read and nothing owed for `idle_timeout`.
+    IdleTimeout,
+}
+
+/// Which deadline [`Conn::deadline`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The incomplete frame must be complete by then.
+    Frame,
+    /// The connection is closed if still idle then.
+    Idle,
+}
+
+/// One connection's state. See the module documentation.
+pub struct Conn<S: Service> {
+    framer: Framer,
+    /// The memory budget shared by every connection's partial frames.
+    budget: Arc<RequestBudget>,
+    session: S::Session,
+    sink: Arc<ReplySink>,
+    /// Requests admitted, and answers given at admission, whose replies have
+    /// not yet been taken for writing.
+    in_flight: usize,
+    /// `Some` once the connection must close.
+    closing: Option<Close>,
+    /// When the incomplete frame now buffered began to arrive, while read.
+    partial_since: Option<Instant>,
+    /// When something was last read or a reply taken for writing.
+    last_active: Instant,
+}
+
+impl<S: Service> Conn<S> {
+    /// A new connection, accepted at `now`.
+    pub fn new(limits: &Limits, budget: Arc<RequestBudget>, now: Instant) -> Self {
+        Conn {
+            framer: Framer::new(limits.max_frame),
+            budget,
+            session: S::Session::default(),
+            sink: Arc::new(ReplySink::default()),
+            in_flight: 0,
+            closing: None,
+            partial_since: None,
+            last_active: now,
+        }
+    }
+
+    /// The connection's reply buffer, which the driver waits on and writes from.
+    pub fn sink(&self) -> &Arc<ReplySink> {
+        &self.sink
+    }
+
+    /// Why it closes, once it must.
+    pub fn closing(&self) -> Option<Close> {
+        self.closing
+    }
+
+    fn close(&mut self, why: Close) {
+        self.closing.get_or_insert(why);
+        self.partial_since = None;
+    }
+
+    /// True when admission must wait: at the in-flight cap, or with the
+    /// replies owed at the outbound budget (unless nothing is in flight).
+    fn paused(&self, limits: &Limits) -> bool {
+        self.in_flight >= limits.max_in_flight
+            || (self.in_flight > 0 && self.sink.outbound_bytes() >= limits.max_outbound)
+    }
+
+    /// Queues an answer given without running anything.
+    fn answer(&mut self, response: &S::Response) {
+        self.in_flight += 1;
+        self.sink.push_now::<S>(response, None);
+    }
+
+    /// Admits every complete frame it may, in order: each goes through
+    /// [`Service::admit`], and what must run is handed to `run` with its
+    /// responder (the reply's size bound already reserved).
+    pub fn admit(
+        &mut self,
+        svc: &S,
+        limits: &Limits,
+        now: Instant,
+        mut run: impl FnMut(S::Request, Responder<S>),
+    ) {
+        let mut completed = false;
+        while self.closing.is_none() && !self.paused(limits) {
+            let frame = match self.framer.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(TooLarge { announced }) => {
+                    let why = Rejection::FrameTooLarge {
+                        announced,
+                        limit: limits.max_frame,
+                    };
+                    self.answer(&S::reject(None, &why));
+                    self.close(Close::FrameTooLarge);
+                    break;
+                }
+            };
+            completed = true;
+            match svc.admit(frame, &mut self.session) {
+                Admission::Run {
+                    request,
+                    tag,
+                    reply_bound,
+                } => {
+                    // A reply is bounded by max_frame, under 4 GiB.
+                    let bound = reply_bound.min(u32::MAX as usize) as u32;
+                    self.in_flight += 1;
+                    self.sink.reserve(bound as usize);
+                    run(request, Responder::new(self.sink.clone(), tag, bound));
+                }
+                Admission::Reply(r) => self.answer(&r),
+                Admission::ReplyThenClose(r) => {
+                    self.answer(&r);
+                    self.close(Close::Refused);
+                }
+            }
+        }
+        if completed {
+            // A frame completed: whatever is left started after it.
+            self.partial_since = None;
+        }
+        if self.reading(limits) && self.framer.has_partial() {
+            self.partial_since.get_or_insert(now);
+        } else {
+            // Nothing incomplete, or the server is not reading (paused,
+            // closing): the client is not late.
+            self.partial_since = None;
+        }
+    }
+
+    /// True when the driver should read more.
+    fn reading(&self, limits: &Limits) -> bool {
+        self.closing.is_none() && !self.paused(limits)
+    }
+
+    /// The buffer to read into, when the connection should be read and the
+    /// shared request budget allows; `None` otherwise.
+    pub fn read_buf(&mut self, limits: &Limits) -> Option<&mut BytesMut> {
+        if !self.reading(limits) || !self.framer.reserve(&self.budget) {
+            return None;
+        }
+        Some(self.framer.read_buf())
+    }
+
+    /// `n` bytes were read into [`Conn::read_buf`] at `now`.
+    pub fn on_read(&mut self, n: usize, now: Instant) {
+        if n > 0 {
+            self.last_active = now;
+        }
+    }
+
+    /// The peer closed its side. A partial frame is dropped; the replies
+    /// owed are still written.
+    pub fn on_eof(&mut self) {
+        if self.framer.has_partial() {
+            tracing::debug!(
+                bytes = self.framer.buffered(),
+                "peer closed mid-frame; partial frame dropped"
+            );
+        }
+        self.framer.clear(&self.budget);
+        self.close(Close::PeerDone);
+    }
+
+    /// Stops admitting: the server is shutting down.
+    pub fn shutdown(&mut self) {
+        self.close(Close::Shutdown);
+    }
+
+    /// Takes every reply ready into `out` for writing; returns how many.
+    pub fn take_replies(&mut self, out: &mut BytesMut, now: Instant) -> usize {
+        let n = self.sink.take(out);
+        if n > 0 {
+            self.in_flight -= n.min(self.in_flight);
+            self.last_active = now;
+        }
+        n
+    }
+
+    /// Gives back read memory no longer needed (after a large frame).
+    pub fn shrink(&mut self) {
+        self.framer.shrink(&self.budget);
+    }
+
+    /// The next deadline, if one runs: the frame timeout while a frame is
+    /// incomplete, the idle timeout while nothing is buffered or owed.
+    pub fn deadline(&self, limits: &Limits) -> Option<(Instant, Timer)> {
+        if self.closing.is_some() {
+            return None;
+        }
+        if let Some(t) = self.partial_since {
+            return Some((t + limits.frame_timeout, Timer::Frame));
+        }
+        (self.in_flight == 0 && !self.framer.has_partial())
+            .then(|| (self.last_active + limits.idle_timeout, Timer::Idle))
+    }
+
+    /// A deadline from [`Conn::deadline`] passed at `now`: the connection
+    /// closes (with an answer, for a frame timeout). A deadline that has
+    /// since moved (more was read) is ignored.
+    pub fn on_deadline(&mut self, limits: &Limits, now: Instant) {
+        match self.deadline(limits) {
+            Some((at, Timer::Frame)) if now >= at => {
+                let why = Rejection::FrameTimeout {
+                    limit: limits.frame_timeout,
+                };
+                self.answer(&S::reject(None, &why));
+                self.close(Close::FrameTimeout);
+            }
+            Some((at, Timer::Idle)) if now >= at => self.close(Close::IdleTimeout),
+            _ => {}
+        }
+    }
+
+    /// True once the connection must close and every reply it owes has been
+    /// taken for writing: the driver writes them, then closes gracefully.
+    pub fn finished(&self) -> bool {
+        self.closing.is_some() && self.in_flight == 0
+    }
+
+    /// Requests and answers owed.
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl<S: Service> Drop for Conn<S> {
+    /// However the connection ends (closed, or its task aborted at the drain
+    /// timeout), replies still being computed for it are dropped, and its
+    /// read memory goes back to the shared budget.
+    fn drop(&mut self) {
+        self.sink.close();
+        self.framer.clear(&self.budget);
+    }
+}
+
+/// Feeds `input` to one connection of `svc`, `chunk` bytes per read,
+/// running what it admits in place, then closes the peer's side; returns
+/// every byte the server would write, and why the connection closed. The
+/// fuzz target's entry point: it drives this state machine and the real
+/// executor, not a copy of them.
+pub fn drive<S: Service>(
+    svc: &S,
+    limits: &Limits,
+    input: &[u8],
+    chunk: usize,
+) -> (Vec<u8>, Option<Close>) {
+    let metrics = super::metrics::Metrics::new(1, 1);
+    let exec: super::exec::Exec<S> = super::exec::Exec::Inline;
+    let runtime = |_: &mut Vec<(String, u64)>| {};
+    let budget = Arc::new(RequestBudget::new(limits.max_request_memory));
+    let mut conn = Conn::<S>::new(limits, budget, Instant::now());
+    let (mut written, mut out) = (Vec::new(), BytesMut::new());
+    let mut step = |conn: &mut Conn<S>| {
+        let now = Instant::now();
+        conn.admit(svc, limits, now, |r, responder| {
+            exec.submit(svc, &metrics, &runtime, r, responder, 0)
+        });
+        conn.take_replies(&mut out, now);
+        written.extend_from_slice(&out);
+        out.clear();
+    };
+    for piece in input.chunks(chunk.max(1)) {
+        step(&mut conn);
+        let Some(buf) = conn.read_buf(limits) else {
+            break;
+        };
+        buf.extend_from_slice(piece);
+        conn.on_read(piece.len(), Instant::now());
+    }
+    step(&mut conn);
+    conn.on_eof();
+    step(&mut conn);
+    (written, conn.closing())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::service::{EncodeError, ExecContext};
+    use bytes::{BufMut, Bytes};
+    use std::time::Duration;
+
+    /// A service whose frames are their own requests: "close" is refused and
+    /// closes, "bad" is answered at admission, anything else runs and is
+    /// echoed. Responses are frames of their text.
+    struct Echo;
+
+    impl Service for Echo {
+        type Request = Bytes;
+        type Response = Bytes;
+        type Session = ();
+        type Tag = ();
+
+        fn admit(&self, frame: Bytes, _: &mut ()) -> Admission<Self> {
+            match &frame[..] {
+                b"close" => Admission::ReplyThenClose(Bytes::from_static(b"refused")),
+                b"bad" => Admission::Reply(Bytes::from_static(b"invalid")),
+                _ => Admission::Run {
+                    reply_bound: frame.len() + 4,
+                    request: frame,
+                    tag: (),
+                },
+            }
+        }
+
+        fn execute(&self, r: Bytes, _: &ExecContext<'_>) -> Bytes {
+            r
+        }
+
+        fn encode(r: &Bytes, out: &mut BytesMut) -> Result<(), EncodeError> {
+            out.put_u32(r.len() as u32);
+            out.put_slice(r);
+            Ok(())
+        }
+
+        fn reject(_: Option<()>, why: &Rejection) -> Bytes {
+            Bytes::from(why.to_string())
+        }
+
+        fn figures(&self, _: &mut Vec<(String, u64)>) {}
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_frame: 64,
+            max_in_flight: 3,
+            max_outbound: 1 << 20,
+            frame_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            ..Limits::default()
+        }
+    }
+
+    fn conn(now: Instant) -> Conn<Echo> {
+        Conn::new(&limits(), Arc::new(RequestBudget::new(1 << 20)), now)
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// Feeds `bytes` as one read at `now` and admits, keeping the responders.
+    fn feed(c: &mut Conn<Echo>, bytes: &[u8], now: Instant, held: &mut Vec<Responder<Echo>>) {
+        let l = limits();
+        if !bytes.is_empty() {
+            let buf = c.read_buf(&l).expect("reading");
+            buf.extend_from_slice(bytes);
+            c.on_read(bytes.len(), now);
+        }
+        c.admit(&Echo, &l, now, |req, responder| {
+            let _ = req;
+            held.push(responder)
+        });
+    }
+
+    /// The bodies of the replies written so far.
+    fn replies(c: &mut Conn<Echo>) -> Vec<String> {
+        let mut out = BytesMut::new();
+        c.take_replies(&mut out, Instant::now());
+        let mut v = Vec::new();
+        while out.len() >= 4 {
+            let n = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
+            let body = out.split_to(4 + n);
+            v.push(String::from_utf8_lossy(&body[4..]).into_owned());
+        }
+        v
+    }
+
+    #[test]
+    fn admission_stops_at_the_in_flight_cap_and_resumes_as_replies_go() {
+        let t0 = Instant::now();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        let bytes: Vec<u8> = (0..5)
+            .flat_map(|i| framed(format!("r{i}").as_bytes()))
+            .collect();
+        feed(&mut c, &bytes, t0, &mut held);
+        assert_eq!(held.len(), 3, "the cap is 3");
+        assert!(c.read_buf(&limits()).is_none(), "paused: no reading");
+        for (r, body) in held.drain(..).zip(["r0", "r1", "r2"]) {
+            r.respond(&Bytes::from(body));
+        }
+        assert_eq!(replies(&mut c), ["r0", "r1", "r2"]);
+        feed(&mut c, &[], t0, &mut held);
+        assert_eq!(
+            held.len(),
+            2,
+            "the rest admitted once the replies were taken"
+        );
+    }
+
+    #[test]
+    fn a_dropped_responder_still_answers() {
+        let t0 = Instant::now();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        feed(&mut c, &framed(b"x"), t0, &mut held);
+        drop(held); // a panic, a shed task, a torn-down pool
+        assert_eq!(replies(&mut c), [Rejection::Internal.to_string()]);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_frame_timeout_runs_from_the_first_byte_and_is_not_restarted() {
+        let t0 = Instant::now();
+        let l = limits();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        // A complete length prefix, then silence: the frame has started.
+        feed(&mut c, &8u32.to_be_bytes()[..2], t0, &mut held);
+        assert_eq!(c.deadline(&l), Some((t0 + l.frame_timeout, Timer::Frame)));
+        // More of it later does not move the deadline.
+        feed(
+            &mut c,
+            &8u32.to_be_bytes()[2..],
+            t0 + Duration::from_millis(600),
+            &mut held,
+        );
+        assert_eq!(c.deadline(&l), Some((t0 + l.frame_timeout, Timer::Frame)));
+        c.on_deadline(&l, t0 + l.frame_timeout);
+        assert_eq!(c.closing(), Some(Close::FrameTimeout));
+        assert!(replies(&mut c)[0].contains("incomplete frame"));
+        assert!(c.finished());
+    }
+
+    #[test]
+    fn a_completed_frame_resets_the_frame_clock_for_the_next() {
+        let t0 = Instant::now();
+        let l = limits();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        feed(&mut c, &framed(b"abc")[..5], t0, &mut held);
+        let later = t0 + Duration::from_millis(900);
+        let mut rest = framed(b"abc")[5..].to_vec();
+        rest.extend_from_slice(&framed(b"next")[..3]);
+        feed(&mut c, &rest, later, &mut held);
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            c.deadline(&l),
+            Some((later + l.frame_timeout, Timer::Frame))
+        );
+    }
+
+    #[test]
+    fn idle_runs_only_with_nothing_buffered_or_owed() {
+        let t0 = Instant::now();
+        let l = limits();
+        let mut c = conn(t0);
+        assert_eq!(c.deadline(&l), Some((t0 + l.idle_timeout, Timer::Idle)));
+        let mut held = Vec::new();
+        feed(&mut c, &framed(b"slow"), t0, &mut held);
+        assert_eq!(c.deadline(&l), None, "a request in flight is not idleness");
+        c.on_deadline(&l, t0 + l.idle_timeout * 2);
+        assert_eq!(c.closing(), None);
+    }
+
+    #[test]
+    fn an_oversize_prefix_answers_then_closes_after_earlier_replies() {
+        let t0 = Instant::now();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        let mut bytes = framed(b"first");
+        bytes.extend_from_slice(&1000u32.to_be_bytes());
+        feed(&mut c, &bytes, t0, &mut held);
+        assert_eq!(c.closing(), Some(Close::FrameTooLarge));
+        assert!(!c.finished(), "the first request is still owed its reply");
+        held.pop().unwrap().respond(&Bytes::from_static(b"first"));
+        let r = replies(&mut c);
+        assert!(
+            r[0].contains("exceeds the 64-byte limit") && r[1] == "first",
+            "{r:?}"
+        );
+        assert!(c.finished());
+    }
+
+    #[test]
+    fn a_refusal_answers_and_closes_and_nothing_after_it_is_admitted() {
+        let t0 = Instant::now();
+        let mut c = conn(t0);
+        let mut held = Vec::new();
+        let bytes = [framed(b"bad"), framed(b"close"), framed(b"never")].concat();
+        feed(&mut c, &bytes, t0, &mut held);
+        assert!(held.is_empty());
+        assert_eq!(replies(&mut c), ["invalid", "refused"]);
+        assert_eq!(c.closing(), Some(Close::Refused));
+        assert!(c.finished());
+    }
+}

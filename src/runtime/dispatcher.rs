@@ -1,0 +1,341 @@
+//! Dispatcher threads: they own every socket. Each runs a tokio
+//! `current_thread` runtime that accepts connections, and for each one drives
+//! a [`Conn`]: reads into it, lets it admit frames (queueing them for the
+//! pool, or running them in place), writes every reply that is ready in one
+//! write, and closes gracefully when the connection says so.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::conn::{Conn, Timer};
+use super::exec::Exec;
+use super::frame::RequestBudget;
+use super::listen::{Inbox, Listener};
+use super::metrics::{DispatcherStats, Metrics};
+use super::service::{Rejection, Service};
+use super::{Figures, Limits};
+
+/// What every dispatcher shares.
+pub struct Shared<S: Service> {
+    /// The service.
+    pub service: Arc<S>,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Counters, with one slot per dispatcher.
+    pub metrics: Arc<Metrics>,
+    /// The runtime's figures, for STATS.
+    pub figures: Arc<Figures>,
+    /// Where admitted requests run: the architecture.
+    pub exec: Exec<S>,
+    /// Set when connections must start with a TLS handshake.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Cancelled on shutdown: stop accepting, drain, close.
+    pub shutdown: CancellationToken,
+    /// Connections open across all dispatchers, checked against `max_connections`.
+    pub open_connections: AtomicUsize,
+    /// Memory of partly received requests, across all connections.
+    pub budget: Arc<RequestBudget>,
+}
+
+/// Starts dispatcher thread `index`.
+pub fn spawn<S: Service>(
+    index: usize,
+    shared: Arc<Shared<S>>,
+    listener: Listener,
+    inbox: Inbox,
+    core: Option<core_affinity::CoreId>,
+) -> io::Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("ramkv-dispatch-{index}"))
+        .spawn(move || {
+            super::thread::prepare(core);
+            if let Err(e) = rt.block_on(run(index, shared, listener, inbox)) {
+                tracing::error!(dispatcher = index, error = %e, "dispatcher failed");
+            }
+        })
+}
+
+async fn accept(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run<S: Service>(
+    index: usize,
+    shared: Arc<Shared<S>>,
+    listener: Listener,
+    mut inbox: Inbox,
+) -> io::Result<()> {
+    let (std_listener, peers) = match listener {
+        Listener::Accept(l) => (Some(l), Vec::new()),
+        Listener::Distribute { listener, peers } => (Some(listener), peers),
+        Listener::Handoff => (None, Vec::new()),
+    };
+    let listener = std_listener.map(TcpListener::from_std).transpose()?;
+    let tracker = TaskTracker::new();
+    let mut next_peer = 0usize;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = accept(&listener) => match accepted {
+                Ok((stream, _)) if peers.is_empty() => start_connection(stream, index, &shared, &tracker),
+                Ok((stream, _)) => {
+                    let target = next_peer % peers.len();
+                    next_peer = next_peer.wrapping_add(1);
+                    if target == index {
+                        start_connection(stream, index, &shared, &tracker);
+                    } else if let Ok(s) = stream.into_std() {
+                        // Fails only if that dispatcher has already exited.
+                        let _ = peers[target].send(s);
+                    }
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on it.
+                    tracing::warn!(dispatcher = index, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(s) = inbox.recv() => match TcpStream::from_std(s) {
+                Ok(stream) => start_connection(stream, index, &shared, &tracker),
+                Err(e) => tracing::warn!(dispatcher = index, error = %e, "could not adopt connection"),
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(shared.limits.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            dispatcher = index,
+            "drain timeout: closing connections with replies unsent"
+        );
+    }
+    Ok(())
+}
+
+/// Decrements the open-connection counts when a connection task ends, however it ends.
+struct OpenGuard<'a>(&'a AtomicUsize, &'a DispatcherStats);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+        self.1.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+fn start_connection<S: Service>(
+    stream: TcpStream,
+    index: usize,
+    shared: &Arc<Shared<S>>,
+    tracker: &TaskTracker,
+) {
+    if shared.open_connections.fetch_add(1, Relaxed) >= shared.limits.max_connections {
+        shared.open_connections.fetch_sub(1, Relaxed);
+        shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+        let why = Rejection::TooManyConnections {
+            limit: shared.limits.max_connections,
+        };
+        let mut frame = BytesMut::new();
+        let _ = S::encode(&S::reject(None, &why), &mut frame);
+        // Best effort: a fresh socket's send buffer takes a small frame at once.
+        let _ = stream.try_write(&frame);
+        return;
+    }
+    let stats = shared.metrics.dispatcher(index);
+    stats.connections_total.fetch_add(1, Relaxed);
+    stats.connections_open.fetch_add(1, Relaxed);
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        let _guard = OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index));
+        let peer = stream.peer_addr().ok();
+        let limit = shared.limits.frame_timeout;
+        let result = match &shared.tls {
+            None => serve(stream, index, &shared).await,
+            // A handshake that stalls is a frame that never finishes.
+            Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(tls, index, &shared).await,
+                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// The connection's one timer, re-armed only when its deadline moves
+/// earlier: a later deadline (the idle deadline moves with every read) is
+/// picked up when the timer fires, so a busy connection does not touch the
+/// timer wheel per request.
+struct ConnTimer {
+    sleep: Pin<Box<Sleep>>,
+    armed_for: Option<Instant>,
+}
+
+impl ConnTimer {
+    fn new() -> Self {
+        ConnTimer {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            armed_for: None,
+        }
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        if self.armed_for.is_none_or(|a| deadline < a) {
+            self.sleep.as_mut().reset(deadline.into());
+            self.armed_for = Some(deadline);
+        }
+    }
+
+    /// The timer fired: true if `deadline` has really passed; else (it was
+    /// armed for an earlier deadline that has since moved) re-arms for it.
+    fn fired(&mut self, deadline: Instant) -> bool {
+        self.armed_for = None;
+        if Instant::now() < deadline {
+            self.arm(deadline);
+            return false;
+        }
+        true
+    }
+}
+
+/// Serves one connection until it is finished, then closes it gracefully.
+async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    index: usize,
+    shared: &Shared<S>,
+) -> io::Result<()> {
+    let limits = &shared.limits;
+    let stats = shared.metrics.dispatcher(index);
+    let mut conn = Conn::<S>::new(limits, shared.budget.clone(), Instant::now());
+    let sink = conn.sink().clone();
+    let runtime = |out: &mut Vec<(String, u64)>| shared.figures.collect(out);
+    let mut wbuf = BytesMut::new();
+    let mut timer = ConnTimer::new();
+    loop {
+        let busy_from = Instant::now();
+        conn.admit(&*shared.service, limits, busy_from, |req, responder| {
+            let svc = &*shared.service;
+            shared
+                .exec
+                .submit(svc, &shared.metrics, &runtime, req, responder, index)
+        });
+        if conn.take_replies(&mut wbuf, busy_from) > 0 {
+            stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
+            write_all(&mut io, &wbuf, limits.write_timeout).await?;
+            wbuf.clear();
+            conn.shrink();
+            stats
+                .busy_ns
+                .fetch_add(busy_from.elapsed().as_nanos() as u64, Relaxed);
+            continue;
+        }
+        stats
+            .busy_ns
+            .fetch_add(busy_from.elapsed().as_nanos() as u64, Relaxed);
+        if conn.finished() {
+            break;
+        }
+        let deadline = conn.deadline(limits);
+        if let Some((at, _)) = deadline {
+            timer.arm(at);
+        }
+        let open = conn.closing().is_none();
+        let buf = conn.read_buf(limits);
+        let reading = buf.is_some();
+        tokio::select! {
+            biased;
+            _ = sink.ready() => {}
+            r = read_into(&mut io, buf), if reading => match r? {
+                0 => conn.on_eof(),
+                n => {
+                    stats.bytes_in.fetch_add(n as u64, Relaxed);
+                    // The loop's clock reading is close enough for idleness.
+                    conn.on_read(n, busy_from);
+                }
+            },
+            _ = &mut timer.sleep, if deadline.is_some() => {
+                if timer.fired(deadline.map_or(busy_from, |(at, _)| at)) {
+                    conn.on_deadline(limits, Instant::now());
+                    if let Some((_, Timer::Idle)) = deadline {
+                        tracing::debug!(dispatcher = index, "closing an idle connection");
+                    }
+                }
+            },
+            _ = shared.shutdown.cancelled(), if open => conn.shutdown(),
+        }
+    }
+    close_gracefully(io, limits.linger).await
+}
+
+async fn read_into<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: Option<&mut BytesMut>,
+) -> io::Result<usize> {
+    match buf {
+        Some(b) => io.read_buf(b).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes `buf` whole, within `limit` in all.
+async fn write_all<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    buf: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    // The flush matters for TLS: a write that would block can leave the last
+    // records buffered inside rustls; for TCP it is free.
+    let write = async {
+        io.write_all(buf).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading replies",
+        )),
+    }
+}
+
+/// Half-closes (after TLS's close_notify), then reads and discards until the
+/// peer closes or `linger` passes. Closing a socket with unread input makes
+/// the kernel send a reset, which can discard replies the peer has not read
+/// yet; draining first makes the close a FIN.
+async fn close_gracefully<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    linger: Duration,
+) -> io::Result<()> {
+    let drain = async {
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    };
+    match tokio::time::timeout(linger, drain).await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    }
+}
