@@ -24,11 +24,14 @@
 //!
 //! **Closing.** Once the connection must close (the peer finished, shutdown,
 //! an oversize frame, a frame timeout, a refused authentication, the idle
-//! timeout) it admits nothing more, and [`Conn::finished`] turns true only
-//! when every reply it owes has been taken for writing. The driver then
-//! writes them, half-closes, and reads and discards input until the peer
-//! closes or `linger` passes, so the kernel does not reset the connection and
-//! discard replies still queued.
+//! timeout) it reads no more. Requests already read are still answered when
+//! the peer finished or the server shuts down (they were read, so they are
+//! owed), but not after an oversize frame or a refusal, since the stream can
+//! no longer be trusted. [`Conn::finished`] turns true only when every reply
+//! it owes has been taken for writing. The driver then writes them,
+//! half-closes, and reads and discards input until the peer closes or
+//! `linger` passes, so the kernel does not reset the connection and discard
+//! replies still queued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -114,6 +117,12 @@ impl<S: Service> Conn<S> {
         self.partial_since = None;
     }
 
+    /// True while frames already read may still be admitted: open, or
+    /// closing because the peer finished or the server shuts down.
+    fn admitting(&self) -> bool {
+        matches!(self.closing, None | Some(Close::PeerDone | Close::Shutdown))
+    }
+
     /// True when admission must wait: at the in-flight cap, or with the
     /// replies owed at the outbound budget (unless nothing is in flight).
     fn paused(&self, limits: &Limits) -> bool {
@@ -138,7 +147,7 @@ impl<S: Service> Conn<S> {
         mut run: impl FnMut(S::Request, Responder<S>),
     ) {
         let mut completed = false;
-        while self.closing.is_none() && !self.paused(limits) {
+        while self.admitting() && !self.paused(limits) {
             let frame = match self.framer.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -206,16 +215,9 @@ impl<S: Service> Conn<S> {
         }
     }
 
-    /// The peer closed its side. A partial frame is dropped; the replies
-    /// owed are still written.
+    /// The peer closed its side. The requests it sent are still answered;
+    /// a partial frame at the end is dropped when the connection ends.
     pub fn on_eof(&mut self) {
-        if self.framer.has_partial() {
-            tracing::debug!(
-                bytes = self.framer.buffered(),
-                "peer closed mid-frame; partial frame dropped"
-            );
-        }
-        self.framer.clear(&self.budget);
         self.close(Close::PeerDone);
     }
 
@@ -272,7 +274,9 @@ impl<S: Service> Conn<S> {
     /// True once the connection must close and every reply it owes has been
     /// taken for writing: the driver writes them, then closes gracefully.
     pub fn finished(&self) -> bool {
-        self.closing.is_some() && self.in_flight == 0
+        self.closing.is_some()
+            && self.in_flight == 0
+            && !(self.admitting() && self.framer.has_complete())
     }
 
     /// Requests and answers owed.
@@ -287,6 +291,12 @@ impl<S: Service> Drop for Conn<S> {
     /// timeout), replies still being computed for it are dropped, and its
     /// read memory goes back to the shared budget.
     fn drop(&mut self) {
+        if self.framer.has_partial() {
+            tracing::debug!(
+                bytes = self.framer.buffered(),
+                "connection ended mid-frame; partial frame dropped"
+            );
+        }
         self.sink.close();
         self.framer.clear(&self.budget);
     }
@@ -448,6 +458,38 @@ mod tests {
             2,
             "the rest admitted once the replies were taken"
         );
+    }
+
+    #[test]
+    fn requests_read_before_a_shutdown_or_the_peers_close_are_still_answered() {
+        // Five requests read, the cap at three: at shutdown the two held
+        // back were read, so they are owed, and are admitted as room frees.
+        for close in [Close::Shutdown, Close::PeerDone] {
+            let t0 = Instant::now();
+            let mut c = conn(t0);
+            let mut held = Vec::new();
+            let bytes: Vec<u8> = (0..5)
+                .flat_map(|i| framed(format!("r{i}").as_bytes()))
+                .collect();
+            feed(&mut c, &bytes, t0, &mut held);
+            match close {
+                Close::Shutdown => c.shutdown(),
+                _ => c.on_eof(),
+            }
+            assert_eq!(held.len(), 3);
+            for r in held.drain(..) {
+                r.respond(&Bytes::from_static(b"x"));
+            }
+            assert_eq!(replies(&mut c).len(), 3);
+            assert!(!c.finished(), "{close:?}: two requests read are still owed");
+            feed(&mut c, &[], t0, &mut held);
+            assert_eq!(held.len(), 2, "{close:?}");
+            for r in held.drain(..) {
+                r.respond(&Bytes::from_static(b"x"));
+            }
+            assert_eq!(replies(&mut c).len(), 2);
+            assert!(c.finished());
+        }
     }
 
     #[test]

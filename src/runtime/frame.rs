@@ -127,6 +127,14 @@ impl Framer {
         Ok(Some(frame.freeze()))
     }
 
+    /// True when a whole frame (of an acceptable size) is buffered.
+    pub fn has_complete(&self) -> bool {
+        self.buf.get(..HEADER_LEN).is_some_and(|h| {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            len <= self.max_frame && self.buf.len() >= HEADER_LEN + len
+        })
+    }
+
     /// True while part of a frame is buffered (after the complete ones are
     /// taken): the state in which the frame timeout runs.
     pub fn has_partial(&self) -> bool {
