@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -25,6 +24,7 @@ use super::frame::RequestBudget;
 use super::listen::{Inbox, Listener};
 use super::metrics::{DispatcherStats, Metrics};
 use super::service::{Rejection, Service};
+use super::thread::Threads;
 use super::{Figures, Limits};
 
 /// What every dispatcher shares.
@@ -56,18 +56,17 @@ pub fn spawn<S: Service>(
     listener: Listener,
     inbox: Inbox,
     core: Option<core_affinity::CoreId>,
-) -> io::Result<JoinHandle<()>> {
+    threads: &mut Threads,
+) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::Builder::new()
-        .name(format!("ramkv-dispatch-{index}"))
-        .spawn(move || {
-            super::thread::prepare(core);
-            if let Err(e) = rt.block_on(run(index, shared, listener, inbox)) {
-                tracing::error!(dispatcher = index, error = %e, "dispatcher failed");
-            }
-        })
+    threads.spawn(format!("ramkv-dispatch-{index}"), move || {
+        super::thread::prepare(core);
+        if let Err(e) = rt.block_on(run(index, shared, listener, inbox)) {
+            tracing::error!(dispatcher = index, error = %e, "dispatcher failed");
+        }
+    })
 }
 
 async fn accept(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {

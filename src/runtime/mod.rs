@@ -33,7 +33,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -43,6 +42,7 @@ use exec::{Exec, Task};
 use metrics::Metrics;
 use pool::{PoolConfig, WorkerPool};
 use service::{ExecContext, Service};
+use thread::Threads;
 
 pub use metrics::process_cpu_us;
 
@@ -375,7 +375,7 @@ impl<S: Service> ServerBuilder<S> {
             service,
             figures,
             shutdown: CancellationToken::new(),
-            dispatchers: Vec::new(),
+            dispatchers: Threads::default(),
             pool: None,
             blocking: Some(acceptor),
             admin: None,
@@ -463,15 +463,23 @@ impl<S: Service> ServerBuilder<S> {
             service,
             figures,
             shutdown: shared.shutdown.clone(),
-            dispatchers: Vec::with_capacity(dispatchers),
+            dispatchers: Threads::default(),
             pool,
             blocking: None,
             admin: None,
             drain_timeout: self.limits.drain_timeout,
         };
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-            match dispatcher::spawn(i, shared.clone(), listener, inbox, dispatcher_cores[i]) {
-                Ok(t) => server.dispatchers.push(t),
+            let core = dispatcher_cores[i];
+            match dispatcher::spawn(
+                i,
+                shared.clone(),
+                listener,
+                inbox,
+                core,
+                &mut server.dispatchers,
+            ) {
+                Ok(()) => {}
                 Err(e) => {
                     server.shutdown();
                     return Err(StartError::Io {
@@ -606,7 +614,7 @@ pub struct Server<S: Service> {
     service: Arc<S>,
     figures: Arc<Figures>,
     shutdown: CancellationToken,
-    dispatchers: Vec<JoinHandle<()>>,
+    dispatchers: Threads,
     pool: Option<WorkerPool<Task<S>>>,
     blocking: Option<blocking::Acceptor<S>>,
     admin: Option<Admin>,
@@ -672,8 +680,10 @@ impl<S: Service> Server<S> {
             a.draining();
         }
         self.shutdown.cancel();
-        for d in self.dispatchers {
-            let _ = d.join();
+        if !self.dispatchers.join_by(deadline) {
+            tracing::warn!(
+                "drain timeout: leaving dispatchers behind that are still running requests"
+            );
         }
         if let Some(pool) = self.pool {
             pool.shutdown(deadline);

@@ -42,13 +42,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::sync::{Parker, Unparker};
 
 use super::metrics::{ExecStats, Metrics};
+use super::thread::Threads;
 
 /// Spin iterations between clock reads while idle.
 const SPINS_PER_CLOCK_READ: u32 = 64;
@@ -193,11 +193,7 @@ pub struct PoolConfig {
 /// Worker threads draining a [`TaskQueue`].
 pub struct WorkerPool<T> {
     queue: Arc<TaskQueue<T>>,
-    threads: Vec<JoinHandle<()>>,
-    /// One message from each worker as it exits, so shutdown can wait for
-    /// them with a deadline. (In a mutex only so that the pool, and the
-    /// server holding it, can be shared between threads.)
-    exited: Mutex<std::sync::mpsc::Receiver<()>>,
+    threads: Threads,
 }
 
 impl<T: Send + 'static> WorkerPool<T> {
@@ -219,44 +215,33 @@ impl<T: Send + 'static> WorkerPool<T> {
             shutdown: AtomicBool::new(false),
         });
         let handler = Arc::new(handler);
-        let mut threads = Vec::with_capacity(n);
+        let mut threads = Threads::default();
         // Each worker reports once it is pinned and scheduled as asked, so
         // that a started pool has no thread still setting itself up.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-        let (exit_tx, exited) = std::sync::mpsc::channel::<()>();
         for (i, parker) in parkers.into_iter().enumerate() {
             let (q, handler, metrics) = (queue.clone(), handler.clone(), metrics.clone());
             let core = cfg.cores.get(i).copied().flatten();
             let spin = cfg.spin;
             let batch_sched = cfg.batch_sched;
-            let (ready, exit) = (ready_tx.clone(), exit_tx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("ramkv-worker-{i}"))
-                .spawn(move || {
-                    super::thread::prepare(core);
-                    if batch_sched && let Err(e) = super::thread::set_sched_batch() {
-                        tracing::warn!(worker = i, "cannot make the worker SCHED_BATCH: {e}");
-                    }
-                    let _ = ready.send(());
-                    let ctx = WorkerCtx {
-                        index: i,
-                        stats: metrics.exec(i),
-                    };
-                    run_worker(&q, &parker, spin, &ctx, &*handler);
-                    let _ = exit.send(());
-                });
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    // Leave nothing running: stop the workers already started.
-                    let started = WorkerPool {
-                        queue,
-                        threads,
-                        exited: Mutex::new(exited),
-                    };
-                    started.shutdown(Instant::now() + Duration::from_secs(60));
-                    return Err(e);
+            let ready = ready_tx.clone();
+            let spawned = threads.spawn(format!("ramkv-worker-{i}"), move || {
+                super::thread::prepare(core);
+                if batch_sched && let Err(e) = super::thread::set_sched_batch() {
+                    tracing::warn!(worker = i, "cannot make the worker SCHED_BATCH: {e}");
                 }
+                let _ = ready.send(());
+                let ctx = WorkerCtx {
+                    index: i,
+                    stats: metrics.exec(i),
+                };
+                run_worker(&q, &parker, spin, &ctx, &*handler);
+            });
+            if let Err(e) = spawned {
+                // Leave nothing running: stop the workers already started.
+                let started = WorkerPool { queue, threads };
+                started.shutdown(Instant::now() + Duration::from_secs(60));
+                return Err(e);
             }
         }
         drop(ready_tx);
@@ -264,11 +249,7 @@ impl<T: Send + 'static> WorkerPool<T> {
             // Err only if a worker died before reporting; the pool still runs.
             let _ = ready_rx.recv();
         }
-        Ok(WorkerPool {
-            queue,
-            threads,
-            exited: Mutex::new(exited),
-        })
+        Ok(WorkerPool { queue, threads })
     }
 
     /// The queue to push tasks into.
@@ -284,18 +265,8 @@ impl<T: Send + 'static> WorkerPool<T> {
     pub fn shutdown(self, deadline: Instant) {
         self.queue.shutdown.store(true, Ordering::SeqCst);
         self.queue.sleepers.wake_all();
-        let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..self.threads.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if exited.recv_timeout(left).is_err() {
-                tracing::warn!(
-                    "drain timeout: leaving workers behind that are still running requests"
-                );
-                return;
-            }
-        }
-        for t in self.threads {
-            let _ = t.join();
+        if !self.threads.join_by(deadline) {
+            tracing::warn!("drain timeout: leaving workers behind that are still running requests");
         }
     }
 }

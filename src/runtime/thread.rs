@@ -1,6 +1,8 @@
 //! Setting up the server's own threads: which core each runs on, how the
 //! kernel schedules it, and how precisely it sleeps. Every dispatcher, worker
-//! and connection thread calls [`prepare`] first.
+//! and connection thread calls [`prepare`] first; dispatchers and workers are
+//! started as [`Threads`], which shutdown waits for no longer than the drain
+//! timeout.
 
 /// Pins the calling thread to `core`, if given, and sets its timer slack to
 /// 1 ns. The slack matters to threads that sleep while serving: the SPIN
@@ -40,4 +42,72 @@ pub fn set_sched_batch() -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 pub fn set_sched_batch() -> std::io::Result<()> {
     Ok(())
+}
+
+/// Threads that shutdown can wait for with a deadline. `JoinHandle::join`
+/// cannot time out, so each thread also reports its exit on a channel (from a
+/// guard, so a thread that panics reports too); [`Threads::join_by`] counts
+/// the reports, joins the threads if all came in time, and otherwise leaves
+/// the stragglers to finish on their own.
+pub struct Threads {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    exit_tx: std::sync::mpsc::Sender<()>,
+    /// In a mutex only so that the owner can be shared between threads.
+    exited: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+/// Sends the exit report when the thread's closure returns or unwinds.
+struct ExitReport(std::sync::mpsc::Sender<()>);
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        let (exit_tx, exited) = std::sync::mpsc::channel();
+        Threads {
+            handles: Vec::new(),
+            exit_tx,
+            exited: std::sync::Mutex::new(exited),
+        }
+    }
+}
+
+impl Threads {
+    /// Starts a thread named `name` running `f`.
+    pub fn spawn(
+        &mut self,
+        name: String,
+        f: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        let report = ExitReport(self.exit_tx.clone());
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let _report = report;
+            f()
+        })?;
+        self.handles.push(handle);
+        Ok(())
+    }
+
+    /// Waits for every thread to exit, but no later than `deadline`. Returns
+    /// whether they all did.
+    pub fn join_by(self, deadline: std::time::Instant) -> bool {
+        let Threads {
+            handles, exited, ..
+        } = self;
+        let exited = exited.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..handles.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if exited.recv_timeout(left).is_err() {
+                return false;
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        true
+    }
 }

@@ -32,6 +32,22 @@ fn run(flags: flags::Flags) -> anyhow::Result<()> {
         // Colour codes only for a person at a terminal, not in a log file.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Signal handling is set up before the server starts: once it serves,
+    // clients can use up the file descriptors it would need (an fd limit
+    // reached through connections must not stop the server), and a SIGTERM
+    // sent during the start is then held for us rather than killing us.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        )
+    };
     let kv = KvService::new(flags.kv_options())?;
     let server = flags.builder(kv).start()?;
     // Scripts and tests wait for this line, so it goes to stdout, flushed.
@@ -42,17 +58,12 @@ fn run(flags: flags::Flags) -> anyhow::Result<()> {
     );
     tracing::info!(version = ramkv::VERSION, addr = %server.local_addr(), arch = ?flags.arch,
         dispatchers = flags.dispatchers, reuseport = flags.reuseport, "serving");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    })
-    .context("cannot wait for signals")?;
+    });
     tracing::info!("shutting down: draining requests in flight");
     server.shutdown();
     tracing::info!("shut down cleanly");
