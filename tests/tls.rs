@@ -53,6 +53,22 @@ impl Pki {
         Pki { dir }
     }
 
+    /// A server mistakenly given its CA's certificate and key as its own
+    /// (the CA names the server, so only its being a CA is wrong).
+    fn ca_as_server(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("ramkv-tls-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = CertifiedIssuer::self_signed(params, key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), ca.key().serialize_pem()).unwrap();
+        Pki { dir }
+    }
+
     fn path(&self, f: &str) -> PathBuf {
         self.dir.join(f)
     }
@@ -207,4 +223,73 @@ async fn large_pipelined_replies_over_tls_all_arrive() {
         assert_eq!(items.len(), 16);
     }
     srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tls_client_closes_its_connection() {
+    // Dropping the client sends close_notify and a FIN, so the server closes
+    // its side at once; before, the connection stayed open on the server
+    // until its idle timeout (300 s by default).
+    let pki = Pki::new("drop", false, false);
+    let srv = tls_server(&pki, ramkv::Arch::Lb);
+    let open = || {
+        srv.figures()
+            .iter()
+            .find(|(name, _)| name == "ramkv_connections_open")
+            .map_or(0, |(_, v)| *v)
+    };
+    let c = Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem")))
+        .await
+        .unwrap();
+    c.ping().await.unwrap();
+    assert_eq!(open(), 1);
+    drop(c);
+    let start = std::time::Instant::now();
+    while open() > 0 {
+        assert!(
+            start.elapsed() < common::HANG_GUARD,
+            "the server never saw the close"
+        );
+        tokio::task::yield_now().await;
+    }
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_certificate_served_as_the_servers_own_is_named_in_plain_words() {
+    let pki = Pki::ca_as_server("ca-as-server");
+    let srv = tls_server(&pki, ramkv::Arch::Lb);
+    match Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem"))).await {
+        Err(e @ Error::Connect { .. }) => {
+            let says = e.to_string();
+            assert!(says.contains("presents a CA certificate"), "{says}");
+            assert!(!says.contains("running there"), "{says}");
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a CA certificate was accepted as a server's own"),
+    }
+    srv.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_local_ca_file_is_a_setup_error_not_a_connection_error() {
+    let pki = Pki::new("bad-ca", false, false);
+    let empty = pki.path("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    // Nothing listens there: the files are checked before anything is dialled.
+    let nowhere = "127.0.0.1:1";
+    for (ca, says) in [
+        (pki.path("missing.pem"), "missing.pem"),
+        (empty, "no certificate"),
+    ] {
+        match Client::connect_with(nowhere, tls_opts(&ca)).await {
+            Err(e @ Error::TlsSetup(_)) => {
+                let text = e.to_string();
+                assert!(text.contains(says), "{text}");
+                assert!(!text.contains("running there"), "{text}");
+            }
+            Err(other) => panic!("{ca:?}: {other:?}"),
+            Ok(_) => panic!("{ca:?}: connected"),
+        }
+    }
 }

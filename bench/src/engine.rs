@@ -1226,7 +1226,8 @@ async fn connect_inner(
         }
         return Ok(Link::Tcp(tcp));
     };
-    let mut stream = ramkv_client::tls::handshake(connector, &target.addr, tcp).await?;
+    let name = ramkv_client::tls::server_name(&target.addr)?;
+    let mut stream = ramkv_client::tls::handshake(connector, name, &target.addr, tcp).await?;
     if let (Some(token), Kind::Ramkv) = (token, target.kind) {
         authenticate(&mut stream, token).await?;
     }

@@ -48,10 +48,13 @@ pub use proto::{Request, Response, Status};
 /// Everything that can go wrong with a call. Outcomes a caller branches on
 /// (a missing key, a failed compare-and-set, overload) are variants of their
 /// own rather than strings.
+///
+/// New variants may be added, so a `match` needs a catch-all arm.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The server could not be reached, or the TLS handshake failed.
-    #[error("cannot connect to {addr}: {message} (is ramkv-server running there?)")]
+    #[error("cannot connect to {addr}: {message}")]
     Connect {
         /// The address dialled.
         addr: String,
@@ -81,6 +84,11 @@ pub enum Error {
     /// The token file could not be read or was empty.
     #[error("cannot read the auth token file: {0}")]
     TokenFile(String),
+    /// TLS cannot be set up on this side: the CA file cannot be read or
+    /// holds no certificate, or the address is not a valid TLS server name.
+    /// Nothing was sent.
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
     /// Any other error status, with the server's message.
     #[error("server answered {status:?}: {message}")]
     Server {
@@ -402,14 +410,24 @@ impl Conn {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        // Local TLS settings are checked before anything is dialled.
+        let tls = match &opts.tls_ca {
+            Some(ca) => Some((
+                tls::connector(ca).map_err(Error::TlsSetup)?,
+                tls::server_name(shown).map_err(Error::TlsSetup)?,
+            )),
+            None => None,
+        };
         let fail = |message: String| Error::Connect {
             addr: shown.to_string(),
             message,
         };
+        // Only here, where nothing answered, is the likely cause no server.
+        let unreachable = |why: String| fail(format!("{why} (is ramkv-server running there?)"));
         let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| fail(format!("timed out after {:?}", opts.connect_timeout)))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|_| unreachable(format!("timed out after {:?}", opts.connect_timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
         let peer = stream.peer_addr().map_err(|e| fail(e.to_string()))?;
         let (frames, rx) = mpsc::unbounded_channel();
@@ -417,10 +435,9 @@ impl Conn {
             by_id: HashMap::new(),
             closed: None,
         }));
-        match &opts.tls_ca {
-            Some(ca) => {
-                let connector = tls::connector(ca).map_err(fail)?;
-                let tls = tls::handshake(&connector, shown, stream)
+        match tls {
+            Some((connector, name)) => {
+                let tls = tls::handshake(&connector, name, shown, stream)
                     .await
                     .map_err(fail)?;
                 let (read, write) = tokio::io::split(tls);
@@ -553,6 +570,10 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         }
         buf.clear();
     }
+    // Every handle is gone. Say so: under TLS this sends close_notify, and
+    // either way a FIN, so the server closes too instead of holding the
+    // connection until its idle timeout.
+    let _ = w.shutdown().await;
 }
 
 /// Routes each reply to its caller; on close, fails every waiting call.

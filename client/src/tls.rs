@@ -11,7 +11,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-/// A connector that trusts exactly the certificates in `ca` (PEM).
+/// A connector that trusts exactly the certificates in `ca` (PEM). Errors
+/// are about the local file, not the server.
 pub fn connector(ca: &Path) -> Result<TlsConnector, String> {
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)
@@ -43,15 +44,37 @@ pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
         .map_err(|e| format!("'{host}' is not a valid TLS server name: {e}"))
 }
 
-/// Runs the TLS handshake on a connected socket.
+/// Runs the TLS handshake on a socket connected to `addr`, expecting a
+/// certificate for `name`.
 pub async fn handshake(
     connector: &TlsConnector,
+    name: ServerName<'static>,
     addr: &str,
     tcp: TcpStream,
 ) -> Result<TlsStream<TcpStream>, String> {
-    let name = server_name(addr)?;
     connector
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))
+        .map_err(|e| format!("TLS handshake with {addr} failed: {}", explain(&e)))
+}
+
+/// The handshake error, with the mistakes people make setting up
+/// certificates said in plain words rather than as rustls' enum names.
+fn explain(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error as Tls, OtherError};
+    let cert_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Tls>())
+        .and_then(|tls| match tls {
+            Tls::InvalidCertificate(CertificateError::Other(OtherError(other))) => {
+                other.downcast_ref::<webpki::Error>()
+            }
+            _ => None,
+        });
+    match cert_error {
+        Some(webpki::Error::CaUsedAsEndEntity) => "the server presents a CA certificate as its \
+            own; it needs a certificate that the CA signed (see the README's TLS recipe)"
+            .to_string(),
+        _ => e.to_string(),
+    }
 }

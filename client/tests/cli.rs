@@ -150,6 +150,20 @@ fn the_cli_takes_a_token_file_and_a_tls_ca() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = ramkv(&addr, &[&secure[..], &["get", "k"]].concat());
     assert_eq!(text(&out.stdout), "v\n");
+    // The connection flags are global: they work after the subcommand too.
+    let out = ramkv(
+        &addr,
+        &[&["get", "k", "--timeout", "3s"][..], &secure[..]].concat(),
+    );
+    assert_eq!(text(&out.stdout), "v\n", "{}", text(&out.stderr));
+    // A CA file that is not there is a local mistake, said as one.
+    let out = ramkv(&addr, &["get", "k", "--tls-ca", &f("nope.pem")]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nope.pem") && !err.contains("running there"),
+        "{err}"
+    );
     // TLS but no token: refused, and the message does not leak the token.
     let out = ramkv(&addr, &["--tls-ca", &f("ca.pem"), "get", "k"]);
     assert_eq!(out.status.code(), Some(1));
