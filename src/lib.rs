@@ -6,7 +6,8 @@
 //!                                         │  connections round-robin; inline: each
 //!                                         ▼  accepts on a shared or reuseport socket)
 //!                  dispatcher threads (tokio current_thread; each owns its sockets)
-//!                    [TLS handshake]  read ─▶ Conn: frames ─▶ Service::admit
+//!                    │ TLS: the new socket ─▶ handshake threads (SCHED_IDLE) ─▶ back
+//!                    │                 read ─▶ Conn: frames ─▶ Service::admit
 //!                    │                                         │ answers at once
 //!                    ├─ lb ─────▶ shared queue (bounded) ──┐   │ (decode error, AUTH)
 //!                    │            worker threads ◀─────────┘   │

@@ -88,6 +88,16 @@ fn tls_server(pki: &Pki, arch: ramkv::Arch) -> ramkv::Server<ramkv::kv::KvServic
     })
 }
 
+/// Changes to the default setup that pick a dispatcher layout.
+type Layout = fn(&mut common::Setup);
+
+fn open_connections(srv: &ramkv::Server<ramkv::kv::KvService>) -> u64 {
+    srv.figures()
+        .iter()
+        .find(|(name, _)| name == "ramkv_connections_open")
+        .map_or(0, |(_, v)| *v)
+}
+
 fn tls_opts(ca: &Path) -> ClientOptions {
     ClientOptions {
         tls_ca: Some(ca.to_path_buf()),
@@ -232,12 +242,7 @@ async fn a_dropped_tls_client_closes_its_connection() {
     // until its idle timeout (300 s by default).
     let pki = Pki::new("drop", false, false);
     let srv = tls_server(&pki, ramkv::Arch::Lb);
-    let open = || {
-        srv.figures()
-            .iter()
-            .find(|(name, _)| name == "ramkv_connections_open")
-            .map_or(0, |(_, v)| *v)
-    };
+    let open = || open_connections(&srv);
     let c = Client::connect_with(srv.local_addr(), tls_opts(&pki.path("ca.pem")))
         .await
         .unwrap();
@@ -292,4 +297,82 @@ async fn a_bad_local_ca_file_is_a_setup_error_not_a_connection_error() {
             Ok(_) => panic!("{ca:?}: connected"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_bulk_beside_established_traffic_in_every_dispatcher_layout() {
+    // Handshakes run on their own threads and the sockets move back to
+    // their dispatchers: 200 at once while an established connection keeps
+    // calling, with one dispatcher, several sharing a socket, and reuseport.
+    let pki = Pki::new("bulk-handshakes", false, false);
+    let layouts: [(&str, Layout); 3] = [
+        ("lb", |_| {}),
+        ("inline x2 shared", |c| {
+            c.arch = ramkv::Arch::Inline;
+            c.dispatchers = 2;
+        }),
+        ("lb reuseport x2", |c| {
+            c.dispatchers = 2;
+            c.reuseport = true;
+        }),
+    ];
+    for (name, adjust) in layouts {
+        let srv = common::server(|c| {
+            adjust(c);
+            c.tls_cert = Some(pki.path("server.pem"));
+            c.tls_key = Some(pki.path("server.key"));
+        });
+        let opts = tls_opts(&pki.path("ca.pem"));
+        let steady = Client::connect_with(srv.local_addr(), opts.clone())
+            .await
+            .unwrap();
+        let fresh: Vec<_> = (0..200)
+            .map(|i| {
+                let opts = opts.clone();
+                let addr = srv.local_addr();
+                tokio::spawn(async move {
+                    let c = Client::connect_with(addr, opts).await?;
+                    c.put(format!("k{i}"), "v").await
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            steady.put("steady", format!("{i}")).await.unwrap();
+        }
+        for f in fresh {
+            f.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(steady.get("k199").await.unwrap().unwrap().value, "v");
+        srv.shutdown();
+    }
+}
+
+#[test]
+fn shutdown_drops_a_handshake_that_never_finishes() {
+    // A client that connects and never sends its ClientHello leaves a
+    // handshake pending on the handshake threads. Nothing is owed to it, so
+    // shutdown drops it rather than wait out the drain timeout.
+    let pki = Pki::new("stalled-handshake", false, false);
+    let srv = common::server(|c| {
+        c.tls_cert = Some(pki.path("server.pem"));
+        c.tls_key = Some(pki.path("server.key"));
+        c.limits.frame_timeout = common::HANG_GUARD * 2;
+        c.limits.drain_timeout = common::HANG_GUARD;
+    });
+    let silent = std::net::TcpStream::connect(srv.local_addr()).unwrap();
+    // The event: the server has taken the connection (and so started its
+    // handshake).
+    let waiting = std::time::Instant::now();
+    while open_connections(&srv) == 0 {
+        assert!(waiting.elapsed() < common::HANG_GUARD, "never accepted");
+        std::thread::yield_now();
+    }
+    let start = std::time::Instant::now();
+    srv.shutdown();
+    assert!(
+        start.elapsed() < common::HANG_GUARD / 2,
+        "shutdown waited {:?} for a stalled handshake",
+        start.elapsed()
+    );
+    drop(silent);
 }

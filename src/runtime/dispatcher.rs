@@ -40,7 +40,7 @@ pub struct Shared<S: Service> {
     /// Where admitted requests run: the architecture.
     pub exec: Exec<S>,
     /// Set when connections must start with a TLS handshake.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<super::tls::Handshakes>>,
     /// Cancelled on shutdown: stop accepting, drain, close.
     pub shutdown: CancellationToken,
     /// Connections open across all dispatchers, checked against `max_connections`.
@@ -171,10 +171,13 @@ fn start_connection<S: Service>(
         let result = match &shared.tls {
             None => serve(stream, index, &shared).await,
             // A handshake that stalls is a frame that never finishes.
-            Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve(tls, index, &shared).await,
-                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            // Nothing is owed before the handshake ends: shutdown drops it.
+            Some(handshakes) => tokio::select! {
+                tls = handshakes.accept(stream, limit) => match tls {
+                    Ok(tls) => serve(tls, index, &shared).await,
+                    Err(e) => Err(e),
+                },
+                _ = shared.shutdown.cancelled() => Ok(()),
             },
         };
         if let Err(e) = result {

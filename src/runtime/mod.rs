@@ -376,6 +376,7 @@ impl<S: Service> ServerBuilder<S> {
             figures,
             shutdown: CancellationToken::new(),
             dispatchers: Threads::default(),
+            tls: None,
             pool: None,
             blocking: Some(acceptor),
             admin: None,
@@ -405,6 +406,13 @@ impl<S: Service> ServerBuilder<S> {
             dispatchers
         };
         let metrics = Arc::new(Metrics::new(exec_slots, dispatchers));
+        let tls = match tls {
+            Some(acceptor) => Some(Arc::new(
+                tls::Handshakes::start(acceptor, dispatchers)
+                    .map_err(io_err("cannot start the TLS handshake threads"))?,
+            )),
+            None => None,
+        };
         let service = Arc::new(self.service);
         let figures = Arc::new(Figures::new(
             metrics.clone(),
@@ -451,7 +459,7 @@ impl<S: Service> ServerBuilder<S> {
             metrics,
             figures: figures.clone(),
             exec,
-            tls,
+            tls: tls.clone(),
             shutdown: CancellationToken::new(),
             open_connections: std::sync::atomic::AtomicUsize::new(0),
             budget: Arc::new(frame::RequestBudget::new(self.limits.max_request_memory)),
@@ -464,6 +472,7 @@ impl<S: Service> ServerBuilder<S> {
             figures,
             shutdown: shared.shutdown.clone(),
             dispatchers: Threads::default(),
+            tls,
             pool,
             blocking: None,
             admin: None,
@@ -615,6 +624,7 @@ pub struct Server<S: Service> {
     figures: Arc<Figures>,
     shutdown: CancellationToken,
     dispatchers: Threads,
+    tls: Option<Arc<tls::Handshakes>>,
     pool: Option<WorkerPool<Task<S>>>,
     blocking: Option<blocking::Acceptor<S>>,
     admin: Option<Admin>,
@@ -684,6 +694,9 @@ impl<S: Service> Server<S> {
             tracing::warn!(
                 "drain timeout: leaving dispatchers behind that are still running requests"
             );
+        }
+        if let Some(tls) = &self.tls {
+            tls.stop(deadline);
         }
         if let Some(pool) = self.pool {
             pool.shutdown(deadline);

@@ -23,14 +23,39 @@ pub fn prepare(core: Option<core_affinity::CoreId>) {
 /// shared core that raised lb's peak 1.2–2.0× (median 1.42×) and lowered its
 /// p99 under load in 6 of 7 pairs, at the same CPU per request, for about
 /// 10 µs more at low load (`bench/results/2026-11-23-worker-sched-batch-1core.md`).
-#[cfg(target_os = "linux")]
 pub fn set_sched_batch() -> std::io::Result<()> {
+    set_policy(Policy::Batch)
+}
+
+/// Makes the calling thread `SCHED_IDLE`: it runs on what the serving
+/// threads leave of a core, and a woken dispatcher or worker takes the core
+/// from it at once. For the TLS handshake threads: established traffic comes
+/// first, and under sustained full load new TLS clients wait (up to
+/// `--frame-timeout`). With the server on one core, a storm of handshakes
+/// raised established traffic's p99 to 2.3 ms instead of 4.4 ms at normal
+/// priority and 3.3 ms at nice 19
+/// (`bench/results/2026-11-23-tls-handshake-burst-2core.md`).
+pub fn set_sched_idle() -> std::io::Result<()> {
+    set_policy(Policy::Idle)
+}
+
+enum Policy {
+    Batch,
+    Idle,
+}
+
+#[cfg(target_os = "linux")]
+fn set_policy(policy: Policy) -> std::io::Result<()> {
+    let policy = match policy {
+        Policy::Batch => libc::SCHED_BATCH,
+        Policy::Idle => libc::SCHED_IDLE,
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialised sched_param that the kernel
     // only reads during the call; pid 0 names the calling thread. There is
-    // no safe wrapper in std or nix, and the measurement above is why it is
-    // needed.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    // no safe wrapper in std or nix, and the measurements above are why it
+    // is needed.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
@@ -38,9 +63,9 @@ pub fn set_sched_batch() -> std::io::Result<()> {
     }
 }
 
-/// Scheduling policies are Linux's; elsewhere workers keep the default.
+/// Scheduling policies are Linux's; elsewhere threads keep the default.
 #[cfg(not(target_os = "linux"))]
-pub fn set_sched_batch() -> std::io::Result<()> {
+fn set_policy(_: Policy) -> std::io::Result<()> {
     Ok(())
 }
 
