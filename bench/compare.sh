@@ -9,9 +9,11 @@
 # ramkv in each --arch, memcached (-t = server cores) and redis-server.
 # Then, unless BREAKDOWN=0, bench/breakdown.sh explains where the time went
 # (<name>-breakdown.md), so this one command reproduces the whole comparison.
+# Every sweep point runs REPEAT times (default 3); tables give the median p99
+# with its 95% confidence interval (ramkv-bench --repeat).
 # Environment overrides: BIN (release binaries), MEMCACHED, REDIS, WORKLOADS,
-# DURATION, WARMUP, SLO_US, MACHINE, NAME (the results file's name, for runs
-# split by WORKLOADS across several calls), BREAKDOWN.
+# DURATION, WARMUP, REPEAT, SLO_US, MACHINE, NAME (the results file's name, for
+# runs split by WORKLOADS across several calls), BREAKDOWN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ SLO_US=${SLO_US:-500}
 source bench/lib.sh
 DURATION=${DURATION:-2s}
 WARMUP=${WARMUP:-1s}
+REPEAT=${REPEAT:-3}
 WORKLOADS=${WORKLOADS:-"uniform hot-conns bimodal bimodal-50 large"}
 FRACTIONS=(0.1 0.3 0.5 0.7 0.9 1.0 1.1 1.3)
 date=$(date -u +%F)
@@ -42,7 +45,7 @@ systems_for() {
   echo
   echo "- Date: $date (UTC), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   machine_lines
-  echo "- Command: \`bench/compare.sh $profile\` (DURATION=$DURATION, WARMUP=$WARMUP per point, SLO p99 ≤ ${SLO_US} µs)"
+  echo "- Command: \`bench/compare.sh $profile\` (DURATION=$DURATION, WARMUP=$WARMUP, REPEAT=$REPEAT per point, SLO p99 ≤ ${SLO_US} µs)"
   echo "- Offered rates: ${FRACTIONS[*]} × lb's closed-loop peak, the same for every system"
   echo
 } > "$md"
@@ -65,19 +68,22 @@ for w in $WORKLOADS; do
     start_system "$sys"
     peak=$(bench --preset "$w" "${preload[@]}" --concurrency 4 --duration "$DURATION" --warmup "$WARMUP" --json | field achieved_rate)
     echo "$peak" > "$out/$w/$sys.peak"
-    bench --preset "$w" --sweep "$rates" --duration "$DURATION" --warmup "$WARMUP" --out "$out/$w/$sys" 2>&1 | sed "s/^/   $sys: /" >&2
+    bench --preset "$w" --sweep "$rates" --repeat "$REPEAT" --duration "$DURATION" --warmup "$WARMUP" --out "$out/$w/$sys" 2>&1 | sed "s/^/   $sys: /" >&2
     rm -f "$out/$w/$sys.svg" # one plot per workload, with every system, is drawn below
     if [ "${target%%://*}" = ramkv ]; then
       "$BIN/ramkv" --server "${target#ramkv://}" stats | grep -E 'queue_delay|service_time|busy_ns|parks|shed' > "$out/$w/$sys.stats.txt" || true
     fi
     stop_system
     series+=(--series "$sys=$out/$w/$sys.csv")
-    rows+=("$(awk -F, -v sys="$sys" -v peak="$peak" -v slo="$SLO_US" '
-      NR == 1 { next }
-      { i++; p99[i] = $7; p999[i] = $8; late[i] = ($11 == "true") ? "*" : "" }
-      $7 <= slo && $3 == 0 && $4 == 0 && $2 >= 0.95 * $1 && $2 > best { best = $2 }
-      END { printf "| %s | %.0f | %.0f | %.0f / %.0f%s | %.0f / %.0f%s | %.0f / %.0f%s |", sys, peak, best, p99[3], p999[3], late[3], p99[4], p999[4], late[4], p99[5], p999[5], late[5] }
-    ' "$out/$w/$sys.csv")")
+    rows+=("$(csv_awk "$out/$w/$sys.csv" '
+      { i++; p99[i] = $c["p99_us"]; lo[i] = $c["p99_us_lo"]; hi[i] = $c["p99_us_hi"]; p999[i] = $c["p999_us"]
+        mark[i] = ($c["valid"] == "false") ? " (invalid)" : ($c["generator_late"] == "true") ? "*" : ""
+        mark[i] = mark[i] (($c["noise"] == "true") ? " (noise)" : "") }
+      $c["valid"] == "true" && $c["p99_us"] <= slo && $c["errors"] == 0 && $c["timeouts"] == 0 &&
+        $c["achieved_rate"] >= 0.95 * $c["offered_rate"] && $c["achieved_rate"] > best { best = $c["achieved_rate"] }
+      function cell(k) { return (lo[k] == "") ? sprintf("%.0f / %.0f%s", p99[k], p999[k], mark[k]) : sprintf("%.0f [%.0f, %.0f] / %.0f%s", p99[k], lo[k], hi[k], p999[k], mark[k]) }
+      END { printf "| %s | %.0f | %.0f | %s | %s | %s |", sys, peak, best, cell(3), cell(4), cell(5) }
+    ' -v sys="$sys" -v peak="$peak" -v slo="$SLO_US")")
   done
   "$BIN/ramkv-bench" --plot "$out/$w.svg" --title "$w: p99 and p99.9 vs throughput ($profile)" "${series[@]}" 2>/dev/null
   {
@@ -85,17 +91,20 @@ for w in $WORKLOADS; do
     echo
     echo "![$w]($name/$w.svg)"
     echo
-    echo "| system | closed-loop peak (req/s) | max rate with p99 ≤ ${SLO_US} µs | p99 / p99.9 µs at 50% | at 70% | at 90% |"
+    echo "| system | closed-loop peak (req/s) | max rate with p99 ≤ ${SLO_US} µs | p99 [95% CI] / p99.9 µs at 50% | at 70% | at 90% |"
     echo "|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
     echo
-    echo "Percentages are of lb's peak ($lb_peak req/s). \`*\`: the generator fell behind its schedule at that point. Raw sweeps: \`$out/$w/*.csv\`; lb's STATS after its sweep: \`$out/$w/lb.stats.txt\`."
+    echo "Percentages are of lb's peak ($lb_peak req/s). Each cell is the median of $REPEAT runs. \`*\`: the generator fell behind its schedule (adherence < 99.9%); (invalid): below 95%, the point is not the load it claims; (noise): its p99 fell while the offered rate rose, beyond the other points' intervals. Raw sweeps: \`$out/$w/*.csv\`; lb's STATS after its sweep: \`$out/$w/lb.stats.txt\`."
     echo
   } >> "$md"
 done
 # The targets, as ratios measured in this run.
-slo_best() { awk -F, -v slo="$SLO_US" 'NR > 1 && $7 <= slo && $3 == 0 && $4 == 0 && $2 >= 0.95 * $1 && $2 > b { b = $2 } END { print b + 0 }' "$1"; }
-p99_at() { awk -F, -v row="$2" 'NR == row + 1 { print $7 }' "$1"; }
+slo_best() {
+  csv_awk "$1" '$c["valid"] == "true" && $c["p99_us"] <= slo && $c["errors"] == 0 && $c["timeouts"] == 0 &&
+    $c["achieved_rate"] >= 0.95 * $c["offered_rate"] && $c["achieved_rate"] > b { b = $c["achieved_rate"] } END { print b + 0 }' -v slo="$SLO_US"
+}
+p99_at() { csv_awk "$1" 'NR == row + 1 { print $c["p99_us"] }' -v row="$2"; }
 # a / b; "∞" when only b is 0 (say, memcached met the SLO at no rate at all).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else if (a > 0) print "∞"; else print "n/a" }'; }
 {

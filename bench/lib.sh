@@ -92,3 +92,10 @@ preload_for() { case "$1" in bimodal*) ;; *) echo --preload ;; esac; }
 bench() { taskset -c "$gen_cpus" "$BIN/ramkv-bench" --target "$target" --threads "$gen_threads" --connections "$conns" --quiet "$@"; }
 # Reads one field from ramkv-bench's --json line on stdin.
 field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p"; }
+# Runs awk program $2 over ramkv-bench CSV file $1, with the columns by name:
+# c["p99_us"] is the p99 column's number. Further arguments go to awk (-v ...).
+csv_awk() {
+  local file=$1 prog=$2
+  shift 2
+  awk -F, "$@" "NR == 1 { for (col_ = 1; col_ <= NF; col_++) c[\$col_] = col_; next } $prog" "$file"
+}

@@ -39,6 +39,8 @@ pub struct Summary {
     pub errors: u64,
     /// Requests never answered.
     pub timeouts: u64,
+    /// Mean latency (for comparison with tools that report means).
+    pub mean_us: Option<f64>,
     /// Latency percentiles, from scheduled send to reply; `None` without replies.
     pub p50_us: Option<f64>,
     /// 90th percentile.
@@ -97,6 +99,7 @@ impl Summary {
             completed: r.completed,
             errors: r.errors.total(),
             timeouts: r.timeouts,
+            mean_us: has.then(|| r.latency.mean() / 1e3),
             p50_us: q(0.5),
             p90_us: q(0.9),
             p99_us: q(0.99),
@@ -200,6 +203,7 @@ impl Point {
             completed: sum(|s| s.completed),
             errors: sum(|s| s.errors),
             timeouts: sum(|s| s.timeouts),
+            mean_us: med(est(|s| s.mean_us)),
             p50_us: med(pcts[0]),
             p90_us: med(pcts[1]),
             p99_us: med(pcts[2]),
@@ -826,6 +830,7 @@ mod tests {
             completed: 100,
             errors: 0,
             timeouts: 0,
+            mean_us: p99.map(|v| v / 4.0),
             p50_us: p99.map(|v| v / 5.0),
             p90_us: p99.map(|v| v / 2.0),
             p99_us: p99,
