@@ -260,3 +260,62 @@ fn before_authentication_an_undecodable_frame_is_refused_and_closes() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_request_longer_than_the_idle_timeout_leaves_its_connection_open() {
+    // The idle clock restarts when a reply goes out. inline and
+    // thread-per-conn stamped it with the time the request was read, so a
+    // request longer than the idle timeout closed its connection right after
+    // its reply, and the next request was lost.
+    for (name, adjust) in architectures() {
+        let srv = server(|c| {
+            adjust(c);
+            c.enable_spin_op = true;
+            c.spin_op_max_us = 10_000_000;
+            c.limits.idle_timeout = Duration::from_millis(300);
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        raw.send(
+            1,
+            Op::Spin(pb::Spin {
+                nanos: 600_000_000,
+                sleep: true,
+            }),
+        );
+        assert_eq!(raw.recv().unwrap().status, Status::Ok as i32, "{name}");
+        raw.send_bytes(&ping(2));
+        let pong = raw.recv();
+        assert!(
+            pong.as_ref().is_some_and(|r| r.id == 2),
+            "{name}: closed after the long request's reply ({pong:?})"
+        );
+        drop(raw);
+        srv.shutdown();
+    }
+}
+
+#[test]
+fn a_connection_refused_at_the_limit_reads_its_refusal_then_a_clean_close() {
+    // The refused client has already sent a request. Closing with that
+    // input unread made the kernel send a reset, which could destroy the
+    // refusal before the client read it; the server now half-closes and
+    // drains first, as it does for every close.
+    for (name, adjust) in architectures() {
+        let srv = server(|c| {
+            adjust(c);
+            c.limits.max_connections = 1;
+        });
+        let mut first = Raw::connect(srv.local_addr());
+        first.send_bytes(&ping(1));
+        assert_eq!(first.recv().map(|r| r.id), Some(1), "{name}");
+        let mut refused = Raw::connect(srv.local_addr());
+        refused.send_bytes(&ping(2));
+        let got = replies_then_close(&mut refused);
+        assert!(
+            matches!(&got, Ok(r) if r[..] == [(0, Status::Overloaded as i32)]),
+            "{name}: {got:?}"
+        );
+        drop((first, refused));
+        srv.shutdown();
+    }
+}

@@ -200,6 +200,7 @@ fn degenerate_configurations_are_refused_with_a_clear_message() {
         (&["--write-timeout", "0s"], "--write-timeout"),
         (&["--max-outbound", "0"], "--max-outbound"),
         (&["--max-outbound", "1KiB"], "--max-outbound"),
+        (&["--max-request-memory", "1MiB"], "--max-request-memory"),
         (&["--max-in-flight", "0"], "--max-in-flight"),
         (&["--queue-bound", "0"], "--queue-bound"),
         (&["--max-connections", "0"], "--max-connections"),
@@ -208,6 +209,18 @@ fn degenerate_configurations_are_refused_with_a_clear_message() {
         (&["--max-frame", "8"], "--max-frame"),
         (&["--dispatchers", "0"], "--dispatchers"),
         (&["--arch", "inline", "--workers", "2"], "--workers"),
+        (
+            &["--arch", "inline", "--queue-bound", "10"],
+            "--queue-bound",
+        ),
+        (
+            &["--arch", "thread-per-conn", "--spin-us", "10"],
+            "--spin-us",
+        ),
+        (
+            &["--arch", "inline", "--worker-policy", "batch"],
+            "--worker-policy",
+        ),
     ] {
         let out = Command::new(SERVER)
             .args(["--listen", "127.0.0.1:0", "--no-pin"])
@@ -298,4 +311,49 @@ fn pipelined_gets_of_a_large_value_cannot_grow_the_reply_memory_unbounded() {
     let grown = rss_kib(pid).saturating_sub(baseline);
     assert!(ran < 100, "{ran} GETs ran with their replies unread");
     assert!(grown < 64 << 10, "the server grew by {grown} KiB");
+}
+
+#[test]
+fn sigterm_stops_serving_a_client_that_never_stops_sending() {
+    // A client that pipelines PINGs without pause and reads the replies.
+    // After SIGTERM the server must stop reading it at once and exit; inline
+    // checked its socket before the shutdown signal and served it on until
+    // the drain timeout (240 MB of replies in 8 s), then reset it.
+    for arch in ["lb", "inline", "thread-per-conn"] {
+        let (mut srv, addr) = spawn_server(&["--arch", arch, "--drain-timeout", "60s"]);
+        let mut raw = Raw::connect(addr);
+        let mut writer = raw.stream.try_clone().unwrap();
+        let batch: Vec<u8> = (1..100)
+            .flat_map(|id| {
+                frame(&Request {
+                    id,
+                    op: Some(Op::Ping(pb::Ping::default())),
+                })
+            })
+            .collect();
+        let sending = std::thread::spawn(move || while writer.write_all(&batch).is_ok() {});
+        // The event: replies are flowing.
+        assert!(raw.recv().is_some(), "{arch}: no reply");
+        let mut reader = raw.stream.try_clone().unwrap();
+        // Small reads keep the server's writes waiting, so its input is
+        // always ready when it looks again (how the bug showed).
+        let reading = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 10];
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let term = Instant::now();
+        Command::new("kill")
+            .arg(srv.0.id().to_string())
+            .status()
+            .unwrap();
+        srv.0.wait().unwrap();
+        let took = term.elapsed();
+        assert!(
+            took < HANG_GUARD / 2,
+            "{arch}: served on for {took:?} after SIGTERM"
+        );
+        let _ = raw.stream.shutdown(std::net::Shutdown::Both);
+        sending.join().unwrap();
+        reading.join().unwrap();
+    }
 }

@@ -264,3 +264,47 @@ fn the_spin_op_sleeps_when_asked_using_no_cpu() {
     // Spinning would use ~300 ms; sleeping uses what a few syscalls cost.
     assert!(used < 100_000, "a 300 ms sleep used {used} µs of CPU");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_the_replies_that_follow_a_connection_error() {
+    // Under lb a connection-level error (id 0: a frame over --max-frame) can
+    // overtake the replies to earlier requests still running; the server
+    // writes those before it closes. The client used to stop reading at the
+    // error and fail them too.
+    let srv = server(|c| {
+        c.workers = Some(2);
+        c.enable_spin_op = true;
+        c.spin_op_max_us = 10_000_000;
+        c.limits.max_frame = 1 << 20;
+    });
+    let c = Client::connect(srv.local_addr()).await.unwrap();
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.call(Op::Spin(pb::Spin {
+                nanos: 300_000_000,
+                sleep: true,
+            }))
+            .await
+        })
+    };
+    // The event: a worker has started the SPIN.
+    let start = std::time::Instant::now();
+    while stat(&srv.figures(), "ramkv_queue_delay_ns_count") == 0 {
+        assert!(
+            start.elapsed() < common::HANG_GUARD,
+            "the SPIN never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    match c.put("big", vec![b'v'; 2 << 20]).await {
+        Err(Error::Closed(why)) => assert!(why.contains("frame"), "{why}"),
+        other => panic!("an oversize frame was not refused: {other:?}"),
+    }
+    let spin = slow
+        .await
+        .unwrap()
+        .expect("the earlier request's reply arrived");
+    assert_eq!(spin.status, Status::Ok as i32);
+    srv.shutdown();
+}

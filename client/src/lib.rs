@@ -584,19 +584,25 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(r: R, max_frame: usize, wait
             .max_frame_length(max_frame)
             .new_codec(),
     );
+    // Why the server said it is closing: the reason given to calls still
+    // waiting when the connection ends.
+    let mut closing: Option<String> = None;
     let why = loop {
         let frame = match next_frame(&mut frames).await {
             Some(Ok(f)) => f,
-            Some(Err(e)) => break format!("read failed: {e}"),
-            None => break "server closed the connection".to_string(),
+            Some(Err(e)) => break closing.unwrap_or_else(|| format!("read failed: {e}")),
+            None => break closing.unwrap_or_else(|| "server closed the connection".into()),
         };
         let resp = match Response::decode(frame.freeze()) {
             Ok(r) => r,
             Err(e) => break format!("undecodable reply: {e}"),
         };
         if resp.id == 0 && resp.status != Status::Ok as i32 {
-            // A connection-level error (too many connections, oversize frame).
-            break format!("server: {}", resp.message);
+            // A connection-level error (too many connections, oversize
+            // frame). The server still writes every reply it owes before it
+            // closes, and they may come after this: keep reading them.
+            closing.get_or_insert(format!("server: {}", resp.message));
+            continue;
         }
         let ends_connection = resp.status == Status::Unauthenticated as i32;
         if let Some(tx) = lock_any(&waiting).by_id.remove(&resp.id) {

@@ -40,6 +40,8 @@ struct Ctx<S: Service> {
     live: Mutex<usize>,
     ended: Condvar,
     next_id: AtomicU64,
+    /// Connections refused at `max_connections` and still being closed.
+    refusals: super::Refusals,
 }
 
 impl<S: Service> Ctx<S> {
@@ -82,6 +84,7 @@ impl<S: Service> Acceptor<S> {
             live: Mutex::new(0),
             ended: Condvar::new(),
             next_id: AtomicU64::new(0),
+            refusals: super::Refusals::default(),
         });
         let c = ctx.clone();
         let thread = std::thread::Builder::new()
@@ -137,7 +140,7 @@ fn accept_loop<S: Service>(listener: TcpListener, ctx: Arc<Ctx<S>>) {
 }
 
 /// Starts a thread for a new connection, or turns it away at the limit.
-fn adopt<S: Service>(mut stream: TcpStream, ctx: &Arc<Ctx<S>>) {
+fn adopt<S: Service>(stream: TcpStream, ctx: &Arc<Ctx<S>>) {
     let stats = ctx.metrics.dispatcher(0);
     if stats.connections_open.load(Relaxed) as usize >= ctx.limits.max_connections {
         ctx.metrics.connections_rejected.fetch_add(1, Relaxed);
@@ -146,7 +149,7 @@ fn adopt<S: Service>(mut stream: TcpStream, ctx: &Arc<Ctx<S>>) {
         };
         let mut frame = BytesMut::new();
         let _ = S::encode(&S::reject(None, &why), &mut frame);
-        let _ = stream.write_all(&frame);
+        refuse(stream, frame, ctx);
         return;
     }
     let _ = stream.set_nodelay(true);
@@ -173,6 +176,29 @@ fn adopt<S: Service>(mut stream: TcpStream, ctx: &Arc<Ctx<S>>) {
     if let Err(e) = spawned {
         // The closure, and the guard in it, was dropped: cleaned up.
         tracing::warn!(error = %e, "could not start a connection thread");
+    }
+}
+
+/// Writes the refusal and closes gracefully, on a short-lived thread of its
+/// own while there are places for lingering refusals; else closes at once.
+fn refuse<S: Service>(mut stream: TcpStream, frame: BytesMut, ctx: &Ctx<S>) {
+    let limits = ctx.limits.clone();
+    let Some(place) = ctx.refusals.try_linger() else {
+        let _ = stream.set_nonblocking(true);
+        let _ = stream.write_all(&frame);
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ramkv-refuse".into())
+        .spawn(move || {
+            let _place = place;
+            let _ = stream.set_write_timeout(Some(limits.write_timeout));
+            if stream.write_all(&frame).is_ok() {
+                close_gracefully(&mut stream, limits.linger);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a thread to refuse a connection");
     }
 }
 
@@ -215,7 +241,8 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             ctx.exec
                 .submit(&*ctx.service, &ctx.metrics, &runtime, req, responder, slot)
         });
-        if conn.take_replies(&mut wbuf, now) > 0 {
+        // The requests just run may have taken long: a reply is activity now.
+        if conn.take_replies(&mut wbuf, Instant::now()) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_within(&mut stream, &wbuf, limits.write_timeout)?;
             wbuf.clear();

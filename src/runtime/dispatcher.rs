@@ -45,6 +45,8 @@ pub struct Shared<S: Service> {
     pub shutdown: CancellationToken,
     /// Connections open across all dispatchers, checked against `max_connections`.
     pub open_connections: AtomicUsize,
+    /// Connections refused at `max_connections` and still being closed.
+    pub refusals: super::Refusals,
     /// Memory of partly received requests, across all connections.
     pub budget: Arc<RequestBudget>,
 }
@@ -155,8 +157,26 @@ fn start_connection<S: Service>(
         };
         let mut frame = BytesMut::new();
         let _ = S::encode(&S::reject(None, &why), &mut frame);
-        // Best effort: a fresh socket's send buffer takes a small frame at once.
-        let _ = stream.try_write(&frame);
+        match shared.refusals.try_linger() {
+            Some(place) => {
+                let limits = shared.limits.clone();
+                tracker.spawn(async move {
+                    let _place = place;
+                    let mut stream = stream;
+                    if write_all(&mut stream, &frame, limits.write_timeout)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = close_gracefully(stream, limits.linger).await;
+                    }
+                });
+            }
+            // Too many refusals lingering: a fresh socket's send buffer
+            // takes a small frame at once; close without waiting.
+            None => {
+                let _ = stream.try_write(&frame);
+            }
+        }
         return;
     }
     let stats = shared.metrics.dispatcher(index);
@@ -235,15 +255,23 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     let runtime = |out: &mut Vec<(String, u64)>| shared.figures.collect(out);
     let mut wbuf = BytesMut::new();
     let mut timer = ConnTimer::new();
+    let inline = matches!(shared.exec, Exec::Inline);
+    // Bytes the last wait read: stamped as activity with the next clock
+    // reading, taken when the wait is over (not the one before it, which
+    // may be long past after an idle spell).
+    let mut just_read = 0usize;
     loop {
         let busy_from = Instant::now();
+        conn.on_read(std::mem::take(&mut just_read), busy_from);
         conn.admit(&*shared.service, limits, busy_from, |req, responder| {
             let svc = &*shared.service;
             shared
                 .exec
                 .submit(svc, &shared.metrics, &runtime, req, responder, index)
         });
-        if conn.take_replies(&mut wbuf, busy_from) > 0 {
+        // Requests run here may have taken long: a reply is activity now.
+        let replied_at = if inline { Instant::now() } else { busy_from };
+        if conn.take_replies(&mut wbuf, replied_at) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_all(&mut io, &wbuf, limits.write_timeout).await?;
             wbuf.clear();
@@ -266,15 +294,17 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         let open = conn.closing().is_none();
         let buf = conn.read_buf(limits);
         let reading = buf.is_some();
+        // Shutdown comes before reading: a client that never stops sending
+        // would otherwise keep the read branch ready and be served on.
         tokio::select! {
             biased;
             _ = sink.ready() => {}
+            _ = shared.shutdown.cancelled(), if open => conn.shutdown(),
             r = read_into(&mut io, buf), if reading => match r? {
                 0 => conn.on_eof(),
                 n => {
                     stats.bytes_in.fetch_add(n as u64, Relaxed);
-                    // The loop's clock reading is close enough for idleness.
-                    conn.on_read(n, busy_from);
+                    just_read = n;
                 }
             },
             _ = &mut timer.sleep, if deadline.is_some() => {
@@ -285,7 +315,6 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             },
-            _ = shared.shutdown.cancelled(), if open => conn.shutdown(),
         }
     }
     close_gracefully(io, limits.linger).await

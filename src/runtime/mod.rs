@@ -145,7 +145,47 @@ impl Limits {
                 self.max_outbound, self.max_frame
             ));
         }
+        if self.max_request_memory < self.max_frame {
+            return Err(format!(
+                "--max-request-memory ({}) must be at least --max-frame ({}), or a frame of the largest size could never be received",
+                self.max_request_memory, self.max_frame
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Connections turned away at `max_connections` that are still being closed
+/// gracefully: their refusal written, then their input read and discarded
+/// for `linger`, so the close is a FIN and not a reset that would destroy the
+/// refusal before the client reads it. At most [`Refusals::MAX`] at once, so
+/// a flood of connections past the limit cannot hold descriptors (or, in
+/// thread-per-conn, threads) for long; past that they are closed at once.
+#[derive(Clone, Default)]
+pub struct Refusals(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One refusal being closed gracefully; frees its place when dropped.
+pub struct Lingering(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Refusals {
+    /// Refused connections that may linger at once.
+    pub const MAX: usize = 256;
+
+    /// A place for one more lingering refusal, if there is one.
+    pub fn try_linger(&self) -> Option<Lingering> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let taken = self.0.fetch_add(1, Relaxed);
+        if taken >= Self::MAX {
+            self.0.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Lingering(self.0.clone()))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -311,6 +351,13 @@ impl<S: Service> ServerBuilder<S> {
         if self.workers == Some(0) {
             return bad("--workers must be at least 1");
         }
+        if self.arch != Arch::Lb
+            && (self.spin.is_some() || self.worker_policy != WorkerPolicy::Auto)
+        {
+            return bad(
+                "--spin-us and --worker-policy apply only to --arch lb's workers: the other architectures have none",
+            );
+        }
         if self.arch != Arch::Lb && self.workers.is_some() {
             return bad(
                 "--workers applies only to --arch lb: the other architectures execute requests on the threads that read them",
@@ -462,6 +509,7 @@ impl<S: Service> ServerBuilder<S> {
             tls: tls.clone(),
             shutdown: CancellationToken::new(),
             open_connections: std::sync::atomic::AtomicUsize::new(0),
+            refusals: Refusals::default(),
             budget: Arc::new(frame::RequestBudget::new(self.limits.max_request_memory)),
         });
         figures.set_budget(shared.clone());

@@ -113,9 +113,10 @@ pub struct Flags {
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
 
-    /// Tasks the global queue may hold (lb). Past it, requests get OVERLOADED at once.
-    #[arg(long, default_value_t = 65_536)]
-    pub queue_bound: usize,
+    /// Tasks the global queue may hold (lb only). Past it, requests get
+    /// OVERLOADED at once. Default: 65536.
+    #[arg(long)]
+    pub queue_bound: Option<usize>,
 
     /// Reply bytes one connection may be owed, counting replies to requests
     /// already admitted at their largest possible size. At the bound the
@@ -204,11 +205,23 @@ impl Flags {
     }
 
     /// The runtime's limits.
+    /// Refuses flags the chosen architecture would ignore (the builder
+    /// checks the rest).
+    pub fn check(&self) -> Result<(), String> {
+        if self.queue_bound.is_some() && !matches!(self.arch, ArchFlag::Lb) {
+            return Err(
+                "--queue-bound applies only to --arch lb: the other architectures have no queue"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_frame: self.max_frame as usize,
             max_in_flight: self.max_in_flight,
-            queue_bound: self.queue_bound,
+            queue_bound: self.queue_bound.unwrap_or(Limits::default().queue_bound),
             max_outbound: self.max_outbound as usize,
             write_timeout: self.write_timeout,
             max_connections: self.max_connections,

@@ -48,6 +48,7 @@ fn run(flags: flags::Flags) -> anyhow::Result<()> {
             signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
         )
     };
+    flags.check().map_err(anyhow::Error::msg)?;
     let kv = KvService::new(flags.kv_options())?;
     let server = flags.builder(kv).start()?;
     // Scripts and tests wait for this line, so it goes to stdout, flushed.
