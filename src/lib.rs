@@ -13,7 +13,8 @@
 //!                    │            worker threads ◀─────────┘   │
 //!                    │              Service::execute           │
 //!                    │              Responder ─▶ ReplySink ◀───┘
-//!                    └─ inline: Service::execute on the dispatcher itself
+//!                    └─ inline, and lb's quick requests while no worker is ready:
+//!                       Service::execute on the dispatcher itself
 //!                  dispatcher ◀─ wake ─ ReplySink: one write for every ready reply
 //!
 //!  thread-per-conn: acceptor thread ─▶ one blocking thread per connection,

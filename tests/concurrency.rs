@@ -116,6 +116,43 @@ fn a_slow_request_does_not_delay_the_fast_ones_behind_it() {
     }
 }
 
+#[test]
+fn quick_requests_skip_the_hand_off_only_while_no_worker_is_ready() {
+    // Idle pool (two parked workers, no spinning): GETs run on the
+    // dispatcher that read them, with no wake-up of a worker or of the
+    // dispatcher. A SPIN is not quick and goes to a worker.
+    let srv = server(|c| {
+        c.workers = Some(2);
+        c.spin_us = Some(0);
+        c.enable_spin_op = true;
+        c.spin_op_max_us = 1_000_000;
+    });
+    let mut raw = Raw::connect(srv.local_addr());
+    for id in 1..=50 {
+        raw.send(id, Op::Get(pb::Get { key: "k".into() }));
+        assert_eq!(raw.recv().unwrap().status, Status::NotFound as i32);
+    }
+    let figures = srv.figures();
+    let busy = |slot: usize| {
+        common::stat(
+            &figures,
+            &format!("ramkv_worker_busy_ns_total{{worker=\"{slot}\"}}"),
+        )
+    };
+    assert_eq!(busy(0) + busy(1), 0, "a worker ran a quick request");
+    assert!(busy(2) > 0, "the dispatcher (slot 2) ran none");
+    assert_eq!(common::stat(&figures, "ramkv_queue_delay_ns_count"), 0);
+    raw.send(51, sleep_op(1));
+    assert_eq!(raw.recv().unwrap().status, Status::Ok as i32);
+    let figures = srv.figures();
+    assert_eq!(
+        common::stat(&figures, "ramkv_queue_delay_ns_count"),
+        1,
+        "SPIN was not queued"
+    );
+    srv.shutdown();
+}
+
 /// One request that sleeps (the emulated I/O-bound SPIN) for `ms`.
 fn sleep_op(ms: u64) -> Op {
     Op::Spin(pb::Spin {

@@ -18,7 +18,7 @@ use super::conn::Conn;
 use super::exec::Exec;
 use super::frame::{READ_CHUNK, RequestBudget};
 use super::metrics::Metrics;
-use super::service::{Rejection, Service};
+use super::service::{ExecContext, Rejection, Service};
 use super::{Figures, Limits};
 
 /// Metrics slots for connection threads (a connection uses its id's slot,
@@ -226,6 +226,10 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
     let stats = ctx.metrics.dispatcher(0);
     let slot = id as usize % EXEC_SLOTS;
     let runtime = |out: &mut Vec<(String, u64)>| ctx.figures.collect(out);
+    let exec_ctx = ExecContext {
+        slot,
+        runtime: &runtime,
+    };
     let mut conn = Conn::<S>::new(limits, ctx.budget.clone(), Instant::now());
     let mut wbuf = BytesMut::new();
     let mut scratch = vec![0u8; READ_CHUNK];
@@ -239,7 +243,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
         }
         conn.admit(&*ctx.service, limits, now, |req, responder| {
             ctx.exec
-                .submit(&*ctx.service, &ctx.metrics, &runtime, req, responder, slot)
+                .submit(&*ctx.service, &ctx.metrics, &exec_ctx, req, responder, now)
         });
         // The requests just run may have taken long: a reply is activity now.
         if conn.take_replies(&mut wbuf, Instant::now()) > 0 {

@@ -316,13 +316,17 @@ pub fn drive<S: Service>(
     let metrics = super::metrics::Metrics::new(1, 1);
     let exec: super::exec::Exec<S> = super::exec::Exec::Inline;
     let runtime = |_: &mut Vec<(String, u64)>| {};
+    let exec_ctx = super::service::ExecContext {
+        slot: 0,
+        runtime: &runtime,
+    };
     let budget = Arc::new(RequestBudget::new(limits.max_request_memory));
     let mut conn = Conn::<S>::new(limits, budget, Instant::now());
     let (mut written, mut out) = (Vec::new(), BytesMut::new());
     let mut step = |conn: &mut Conn<S>| {
         let now = Instant::now();
         conn.admit(svc, limits, now, |r, responder| {
-            exec.submit(svc, &metrics, &runtime, r, responder, 0)
+            exec.submit(svc, &metrics, &exec_ctx, r, responder, now)
         });
         conn.take_replies(&mut out, now);
         written.extend_from_slice(&out);

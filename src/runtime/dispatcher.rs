@@ -23,7 +23,7 @@ use super::exec::Exec;
 use super::frame::RequestBudget;
 use super::listen::{Inbox, Listener};
 use super::metrics::{DispatcherStats, Metrics};
-use super::service::{Rejection, Service};
+use super::service::{ExecContext, Rejection, Service};
 use super::thread::Threads;
 use super::{Figures, Limits};
 
@@ -47,6 +47,9 @@ pub struct Shared<S: Service> {
     pub open_connections: AtomicUsize,
     /// Connections refused at `max_connections` and still being closed.
     pub refusals: super::Refusals,
+    /// Dispatcher `i`'s executing slot is `exec_base + i` (lb: after the
+    /// workers').
+    pub exec_base: usize,
     /// Memory of partly received requests, across all connections.
     pub budget: Arc<RequestBudget>,
 }
@@ -256,37 +259,47 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     let mut wbuf = BytesMut::new();
     let mut timer = ConnTimer::new();
     let inline = matches!(shared.exec, Exec::Inline);
-    // Bytes the last wait read: stamped as activity with the next clock
-    // reading, taken when the wait is over (not the one before it, which
-    // may be long past after an idle spell).
+    // Created once: polling the same future again costs no registration.
+    let stopping = shared.shutdown.cancelled();
+    tokio::pin!(stopping);
+    // Bytes the last wait read: stamped as activity with the clock reading
+    // taken when the wait is over (not the one before it, which may be long
+    // past after an idle spell).
     let mut just_read = 0usize;
+    // One clock reading per wake-up serves the whole round (admission, the
+    // frame clock, queueing timestamps); one more before waiting counts the
+    // round as busy time.
+    let mut now = Instant::now();
+    let mut round_start = now;
     loop {
-        let busy_from = Instant::now();
-        conn.on_read(std::mem::take(&mut just_read), busy_from);
-        conn.admit(&*shared.service, limits, busy_from, |req, responder| {
+        conn.on_read(std::mem::take(&mut just_read), now);
+        conn.admit(&*shared.service, limits, now, |req, responder| {
+            // Built here, not held across an await: it is not Send.
+            let ctx = ExecContext {
+                slot: shared.exec_base + index,
+                runtime: &runtime,
+            };
             let svc = &*shared.service;
             shared
                 .exec
-                .submit(svc, &shared.metrics, &runtime, req, responder, index)
+                .submit(svc, &shared.metrics, &ctx, req, responder, now)
         });
         // Requests run here may have taken long: a reply is activity now.
-        let replied_at = if inline { Instant::now() } else { busy_from };
+        let replied_at = if inline { Instant::now() } else { now };
         if conn.take_replies(&mut wbuf, replied_at) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_all(&mut io, &wbuf, limits.write_timeout).await?;
             wbuf.clear();
             conn.shrink();
-            stats
-                .busy_ns
-                .fetch_add(busy_from.elapsed().as_nanos() as u64, Relaxed);
             continue;
         }
-        stats
-            .busy_ns
-            .fetch_add(busy_from.elapsed().as_nanos() as u64, Relaxed);
         if conn.finished() {
             break;
         }
+        let waiting_from = Instant::now();
+        stats
+            .busy_ns
+            .fetch_add((waiting_from - round_start).as_nanos() as u64, Relaxed);
         let deadline = conn.deadline(limits);
         if let Some((at, _)) = deadline {
             timer.arm(at);
@@ -299,7 +312,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = sink.ready() => {}
-            _ = shared.shutdown.cancelled(), if open => conn.shutdown(),
+            _ = &mut stopping, if open => conn.shutdown(),
             r = read_into(&mut io, buf), if reading => match r? {
                 0 => conn.on_eof(),
                 n => {
@@ -308,7 +321,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
                 }
             },
             _ = &mut timer.sleep, if deadline.is_some() => {
-                if timer.fired(deadline.map_or(busy_from, |(at, _)| at)) {
+                if timer.fired(deadline.map_or(waiting_from, |(at, _)| at)) {
                     conn.on_deadline(limits, Instant::now());
                     if let Some((_, Timer::Idle)) = deadline {
                         tracing::debug!(dispatcher = index, "closing an idle connection");
@@ -316,6 +329,8 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
                 }
             },
         }
+        now = Instant::now();
+        round_start = now;
     }
     close_gracefully(io, limits.linger).await
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::metrics::{ExecStats, Metrics};
 use super::pool::TaskQueue;
 use super::reply::Responder;
-use super::service::{CollectFigures, ExecContext, Rejection, Service};
+use super::service::{ExecContext, Rejection, Service};
 
 /// One request on its way from a dispatcher to a worker.
 pub struct Task<S: Service> {
@@ -44,23 +44,29 @@ pub enum Exec<S: Service> {
 }
 
 impl<S: Service> Exec<S> {
-    /// Runs or queues `request`. `slot` is the calling thread's executing
-    /// slot, used when it runs the request itself.
+    /// Runs or queues `request`. `ctx` describes the calling thread, used
+    /// when it runs the request itself. `now` is the caller's clock reading
+    /// for this round of admissions: the queueing delay runs from it, which
+    /// spares a clock read per request.
     pub fn submit(
         &self,
         svc: &S,
         metrics: &Metrics,
-        runtime: &CollectFigures<'_>,
+        ctx: &ExecContext<'_>,
         request: S::Request,
         responder: Responder<S>,
-        slot: usize,
+        now: Instant,
     ) {
         match self {
             Exec::Inline => {
-                let ctx = ExecContext { slot, runtime };
-                run(svc, request, responder, &ctx, metrics.exec(slot), None);
+                run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
             }
             Exec::Pool { queue, bound } => {
+                if queue.nobody_ready() && svc.is_quick(&request) {
+                    // Cheaper here than a worker's wake-up and the reply's.
+                    run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
+                    return;
+                }
                 if queue.len() >= *bound {
                     metrics.shed.fetch_add(1, Relaxed);
                     responder.reject(&Rejection::Overloaded);
@@ -69,7 +75,7 @@ impl<S: Service> Exec<S> {
                 queue.push(Task {
                     request,
                     responder,
-                    queued: Instant::now(),
+                    queued: now,
                 });
             }
         }

@@ -447,10 +447,12 @@ impl<S: Service> ServerBuilder<S> {
         let (listeners, inboxes) =
             listen::listeners(first, addr, dispatchers, self.reuseport, self.arch)?;
         let (dispatcher_cores, worker_cores) = self.plan_cores(dispatchers, workers);
-        let exec_slots = if self.arch == Arch::Lb {
-            workers
+        // lb's dispatchers run quick requests themselves (Service::is_quick):
+        // their slots follow the workers'.
+        let (exec_slots, exec_base) = if self.arch == Arch::Lb {
+            (workers + dispatchers, workers)
         } else {
-            dispatchers
+            (dispatchers, 0)
         };
         let metrics = Arc::new(Metrics::new(exec_slots, dispatchers));
         let tls = match tls {
@@ -510,6 +512,7 @@ impl<S: Service> ServerBuilder<S> {
             shutdown: CancellationToken::new(),
             open_connections: std::sync::atomic::AtomicUsize::new(0),
             refusals: Refusals::default(),
+            exec_base,
             budget: Arc::new(frame::RequestBudget::new(self.limits.max_request_memory)),
         });
         figures.set_budget(shared.clone());

@@ -156,6 +156,12 @@ impl<T> TaskQueue<T> {
         self.injector.len()
     }
 
+    /// No task waits and no worker spins: a task pushed now would have to
+    /// wake a parked worker, or wait for a busy one.
+    pub fn nobody_ready(&self) -> bool {
+        self.spinning.load(Ordering::Relaxed) == 0 && self.injector.is_empty()
+    }
+
     /// Takes the oldest queued task, if any.
     fn find_task(&self) -> Option<T> {
         loop {

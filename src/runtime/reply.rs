@@ -33,8 +33,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use atomic_waker::AtomicWaker;
 use bytes::BytesMut;
-use tokio::sync::Notify;
 
 use super::service::{Rejection, Service};
 
@@ -51,7 +51,8 @@ struct Pending {
 #[derive(Default)]
 pub struct ReplySink {
     pending: Mutex<Pending>,
-    ready: Notify,
+    /// The dispatcher task to wake, registered while it waits.
+    waker: AtomicWaker,
     /// Replies pushed and not yet taken (`pending.replies`, readable
     /// without the lock).
     queued: AtomicUsize,
@@ -106,8 +107,9 @@ impl ReplySink {
         drop(p);
         self.reserved.fetch_sub(reserved, Ordering::Relaxed);
         if was_empty && self.waiting.load(Ordering::SeqCst) {
-            // Stores a permit if the writer is not parked yet: never lost.
-            self.ready.notify_one();
+            // If the dispatcher has not registered its waker yet, it checks
+            // `queued` after registering, and finds this reply: never lost.
+            self.waker.wake();
         }
     }
 
@@ -144,19 +146,8 @@ impl ReplySink {
     /// Completes once a reply is waiting to be taken. Announces the wait
     /// first (see the module documentation), and withdraws it when the
     /// future completes or is dropped.
-    pub async fn ready(&self) {
-        struct Waiting<'a>(&'a AtomicBool);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Relaxed);
-            }
-        }
-        self.waiting.store(true, Ordering::SeqCst);
-        let _announced = Waiting(&self.waiting);
-        if self.queued.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        self.ready.notified().await
+    pub fn ready(&self) -> Ready<'_> {
+        Ready { sink: self }
     }
 
     /// Marks the connection gone; later pushes are dropped.
@@ -167,6 +158,37 @@ impl ReplySink {
         p.replies = 0;
         self.encoded.store(0, Ordering::Relaxed);
         self.queued.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The future [`ReplySink::ready`] returns. Polling it announces the wait,
+/// registers the task's waker, then looks for a reply: a reply pushed after
+/// the announcement either is seen here or wakes the waker registered.
+pub struct Ready<'a> {
+    sink: &'a ReplySink,
+}
+
+impl std::future::Future for Ready<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let sink = self.sink;
+        sink.waiting.store(true, Ordering::SeqCst);
+        sink.waker.register(cx.waker());
+        if sink.queued.load(Ordering::SeqCst) > 0 {
+            sink.waiting.store(false, Ordering::Relaxed);
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Ready<'_> {
+    fn drop(&mut self) {
+        self.sink.waiting.store(false, Ordering::Relaxed);
     }
 }
 

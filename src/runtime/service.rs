@@ -48,6 +48,17 @@ pub trait Service: Send + Sync + 'static {
     /// request's), or, with `tag` `None`, to the connection as a whole.
     fn reject(tag: Option<Self::Tag>, why: &Rejection) -> Self::Response;
 
+    /// Whether `request` is quick: a few microseconds of work that does not
+    /// block. Under lb, the dispatcher that read a quick request runs it
+    /// itself when no worker is ready for it (the queue is empty and none is
+    /// spinning), which spares the hand-off's two wake-ups (eRPC's
+    /// foreground handlers, RAMCloud's inline PING). Anything long or
+    /// variable must answer no: it would hold up every other connection of
+    /// that dispatcher. The default is no.
+    fn is_quick(&self, _request: &Self::Request) -> bool {
+        false
+    }
+
     /// The service's own figures for STATS and the admin endpoint, as
     /// Prometheus-style `(name, value)` pairs (labels in the name).
     fn figures(&self, out: &mut Vec<(String, u64)>);
