@@ -6,6 +6,7 @@
 #
 #   bench/efficiency.sh                      # every system, shapes 1x1 and 16x1
 #   SYSTEMS="lb inline-1" bench/efficiency.sh
+#   SYSTEMS="inline-1 lb-no-quick" SHAPES=16x1 bench/efficiency.sh   # costs for ramkv-sim
 #
 # The server runs on core 0 and ramkv-bench on core 1, in closed loop with one
 # request outstanding per connection (SHAPES: CONNSxOUTSTANDING), 90% GETs of
@@ -15,6 +16,10 @@
 # counter is read again, and the tool's total is divided by the difference.
 # Instruction and system-call counts repeat to within a few percent whatever
 # else the machine does; the CPU figure is the noisy one.
+# When inline-1 and lb-no-quick (lb with every request handed off) both ran
+# at 16x1, their CPU figures also become step costs for ramkv-sim in
+# $out/sim.calibration: dispatch_us (inline-1's CPU per request: read, run,
+# write) and handoff_us (what lb-no-quick spends on top).
 # Environment: SYSTEMS, SHAPES, SECONDS_CPU (4), SECONDS_STRACE (3),
 # SECONDS_CALLGRIND (4), NAME, MACHINE, BIN, MEMCACHED, REDIS.
 set -euo pipefail
@@ -135,6 +140,7 @@ measure_instructions() {
   echo "|---|---|---:|---|---:|"
 } > "$md"
 
+declare -A cpu_of
 for sys in $SYSTEMS; do
   for shape in $SHAPES; do
     echo "== $sys $shape" >&2
@@ -148,8 +154,18 @@ for sys in $SYSTEMS; do
     port=$((port + 1)); ir=$(measure_instructions "$shape" "$base.callgrind") || ir="n/a (does not run under valgrind)"
     echo "   instructions $ir, syscalls $sc, cpu $cpu us" >&2
     echo "| $sys | $shape | $ir | $sc | $cpu |" >> "$md"
+    cpu_of["$sys $shape"]=$cpu
   done
 done
 echo >> "$md"
 echo "Raw strace summaries: \`$out/*.strace.raw\`." >> "$md"
+if [ -n "${cpu_of[inline-1 16x1]:-}" ] && [ -n "${cpu_of[lb-no-quick 16x1]:-}" ]; then
+  {
+    echo "# ramkv-sim step costs from bench/efficiency.sh ($date, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $machine):"
+    echo "# CPU µs per request at 16x1 on one server core; wake_us is not measured here (see bench/sim/)."
+    echo "dispatch_us=${cpu_of[inline-1 16x1]}"
+    awk -v l="${cpu_of[lb-no-quick 16x1]}" -v i="${cpu_of[inline-1 16x1]}" 'BEGIN { d = l - i; printf "handoff_us=%.2f\n", (d > 0 ? d : 0) }'
+  } > "$out/sim.calibration"
+  echo "Step costs for ramkv-sim: \`$out/sim.calibration\`." >> "$md"
+fi
 echo "wrote $md" >&2

@@ -33,6 +33,7 @@ start_system() {
   local addr="127.0.0.1:$port"
   case "$sys" in
     lb) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" "${ramkv_common[@]}") ;;
+    lb-no-quick) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" --no-quick-path "${ramkv_common[@]}") ;;
     lb-reuseport) cmd=("$BIN/ramkv-server" --listen "$addr" --dispatchers "$disp" --workers "$workers" --reuseport "${ramkv_common[@]}") ;;
     inline-1) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers 1 "${ramkv_common[@]}") ;;
     inline-shared) cmd=("$BIN/ramkv-server" --listen "$addr" --arch inline --dispatchers "$ncores" "${ramkv_common[@]}") ;;

@@ -153,6 +153,27 @@ fn quick_requests_skip_the_hand_off_only_while_no_worker_is_ready() {
     srv.shutdown();
 }
 
+#[test]
+fn without_the_quick_path_every_request_is_handed_off() {
+    // The same idle pool with --no-quick-path: every GET goes through the
+    // queue to a worker, and the dispatcher runs none.
+    let srv = server(|c| {
+        c.workers = Some(2);
+        c.spin_us = Some(0);
+        c.quick_path = false;
+    });
+    let mut raw = Raw::connect(srv.local_addr());
+    for id in 1..=50 {
+        raw.send(id, Op::Get(pb::Get { key: "k".into() }));
+        assert_eq!(raw.recv().unwrap().status, Status::NotFound as i32);
+    }
+    let figures = srv.figures();
+    assert_eq!(common::stat(&figures, "ramkv_queue_delay_ns_count"), 50);
+    let dispatcher_busy = common::stat(&figures, "ramkv_worker_busy_ns_total{worker=\"2\"}");
+    assert_eq!(dispatcher_busy, 0, "the dispatcher ran a request itself");
+    srv.shutdown();
+}
+
 /// One request that sleeps (the emulated I/O-bound SPIN) for `ms`.
 fn sleep_op(ms: u64) -> Op {
     Op::Spin(pb::Spin {

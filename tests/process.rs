@@ -221,6 +221,7 @@ fn degenerate_configurations_are_refused_with_a_clear_message() {
             &["--arch", "inline", "--worker-policy", "batch"],
             "--worker-policy",
         ),
+        (&["--arch", "inline", "--no-quick-path"], "--no-quick-path"),
     ] {
         let out = Command::new(SERVER)
             .args(["--listen", "127.0.0.1:0", "--no-pin"])

@@ -38,6 +38,8 @@ pub enum Exec<S: Service> {
         queue: Arc<TaskQueue<Task<S>>>,
         /// Queue length past which requests are answered OVERLOADED.
         bound: usize,
+        /// Whether quick requests may run on the dispatcher.
+        quick: bool,
     },
     /// Run by the thread that read it.
     Inline,
@@ -61,8 +63,12 @@ impl<S: Service> Exec<S> {
             Exec::Inline => {
                 run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
             }
-            Exec::Pool { queue, bound } => {
-                if queue.nobody_ready() && svc.is_quick(&request) {
+            Exec::Pool {
+                queue,
+                bound,
+                quick,
+            } => {
+                if *quick && queue.nobody_ready() && svc.is_quick(&request) {
                     // Cheaper here than a worker's wake-up and the reply's.
                     run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
                     return;

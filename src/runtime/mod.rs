@@ -224,6 +224,7 @@ pub struct ServerBuilder<S: Service> {
     pin: bool,
     spin: Option<Duration>,
     worker_policy: WorkerPolicy,
+    quick_path: bool,
     limits: Limits,
     tls: Option<(PathBuf, PathBuf)>,
     admin: Option<String>,
@@ -243,6 +244,7 @@ impl<S: Service> ServerBuilder<S> {
             pin: true,
             spin: None,
             worker_policy: WorkerPolicy::Auto,
+            quick_path: true,
             limits: Limits::default(),
             tls: None,
             admin: None,
@@ -302,6 +304,16 @@ impl<S: Service> ServerBuilder<S> {
         self
     }
 
+    /// lb's quick path (default on): a dispatcher runs a request the
+    /// service calls quick ([`Service::is_quick`]) itself while no worker is
+    /// ready for it, instead of paying a worker's wake-up and the reply's.
+    /// Off, every request goes through the queue, as when measuring what the
+    /// hand-off costs.
+    pub fn quick_path(mut self, on: bool) -> Self {
+        self.quick_path = on;
+        self
+    }
+
     /// The limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -352,10 +364,10 @@ impl<S: Service> ServerBuilder<S> {
             return bad("--workers must be at least 1");
         }
         if self.arch != Arch::Lb
-            && (self.spin.is_some() || self.worker_policy != WorkerPolicy::Auto)
+            && (self.spin.is_some() || self.worker_policy != WorkerPolicy::Auto || !self.quick_path)
         {
             return bad(
-                "--spin-us and --worker-policy apply only to --arch lb's workers: the other architectures have none",
+                "--spin-us, --worker-policy and --no-quick-path apply only to --arch lb's workers: the other architectures have none",
             );
         }
         if self.arch != Arch::Lb && self.workers.is_some() {
@@ -497,6 +509,7 @@ impl<S: Service> ServerBuilder<S> {
                 let exec = Exec::Pool {
                     queue: pool.queue().clone(),
                     bound: self.limits.queue_bound,
+                    quick: self.quick_path,
                 };
                 (exec, Some(pool))
             }

@@ -31,6 +31,7 @@ pub struct Setup {
     pub workers: Option<usize>,
     pub spin_us: Option<u64>,
     pub worker_policy: WorkerPolicy,
+    pub quick_path: bool,
     pub limits: Limits,
     pub max_key: u64,
     pub max_value: u64,
@@ -54,6 +55,7 @@ impl Default for Setup {
             workers: None,
             spin_us: None,
             worker_policy: WorkerPolicy::Auto,
+            quick_path: true,
             // Short: a test client that never closes its side would otherwise
             // hold every shutdown for the default 2 s linger.
             limits: Limits {
@@ -94,6 +96,7 @@ impl Setup {
             .dispatchers(self.dispatchers)
             .reuseport(self.reuseport)
             .worker_policy(self.worker_policy)
+            .quick_path(self.quick_path)
             .limits(self.limits);
         if let Some(w) = self.workers {
             b = b.workers(w);

@@ -90,6 +90,13 @@ pub struct Flags {
     #[arg(long, value_enum, default_value = "auto")]
     pub worker_policy: PolicyFlag,
 
+    /// Send every request through lb's queue. By default a dispatcher runs
+    /// quick requests (GET, DELETE, PING, PUTs up to 16 KiB) itself while no
+    /// worker is ready, which spares a wake-up and a hand-off each; turn
+    /// that off to measure the hand-off, or when quick requests are not.
+    #[arg(long)]
+    pub no_quick_path: bool,
+
     /// Largest frame accepted, and largest reply sent (suffixes: KiB, MiB,
     /// GiB). A larger length prefix closes the connection.
     #[arg(long, default_value = "4MiB", value_parser = size)]
@@ -250,6 +257,7 @@ impl Flags {
                 PolicyFlag::Batch => WorkerPolicy::Batch,
                 PolicyFlag::Normal => WorkerPolicy::Normal,
             })
+            .quick_path(!self.no_quick_path)
             .limits(self.limits());
         if let Some(w) = self.workers {
             b = b.workers(w);
