@@ -9,7 +9,8 @@
 //! - [`pacer`]: waiting for each send on a precise timer instead of a core;
 //! - [`usage`]: the generator's own CPU, from `getrusage`;
 //! - [`stats`]: medians and confidence intervals over repeated runs;
-//! - [`report`]: tables, JSON, CSV and SVG plots.
+//! - [`report`]: tables, JSON, CSV and SVG plots;
+//! - [`sim`]: a discrete-event model of the architectures (`ramkv-sim`).
 
 #![warn(missing_docs)]
 
@@ -18,5 +19,6 @@ pub mod engine;
 pub mod pacer;
 pub mod protocol;
 pub mod report;
+pub mod sim;
 pub mod stats;
 pub mod usage;

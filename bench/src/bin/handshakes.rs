@@ -11,8 +11,10 @@ use clap::Parser;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// Opens connections to a TLS ramkv server, `--concurrency` at a time, and
+/// times each handshake; closes each connection once it is done.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// HOST:PORT of a ramkv server started with --tls-cert and --tls-key.
     #[arg(long)]
