@@ -23,8 +23,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', required = true)]
     sweep: Vec<f64>,
     /// Connections.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
     /// K:F: K connections carry a fraction F of the requests.
     #[arg(long)]
     hot_conns: Option<String>,
@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                     let run = Run {
                         arch,
                         rate,
-                        connections: args.connections,
+                        connections: args.connections as usize,
                         hot,
                         service: service.clone(),
                         costs,
