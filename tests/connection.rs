@@ -295,6 +295,38 @@ fn a_request_longer_than_the_idle_timeout_leaves_its_connection_open() {
 }
 
 #[test]
+fn a_reply_written_slower_than_the_idle_timeout_leaves_its_connection_open() {
+    // The idle clock restarts when a reply has gone out, not when it was
+    // taken for writing. A 16 MiB reply to a client that reads nothing for
+    // 900 ms (more than kernel buffers hold) takes that long to write; the
+    // client then reads it and at once sends another request, which must be
+    // answered. Stamped before the write, the idle deadline (300 ms) had
+    // passed when the write ended, and the connection was closed.
+    for (name, adjust) in architectures() {
+        let srv = server(|c| {
+            adjust(c);
+            c.limits.idle_timeout = Duration::from_millis(300);
+            c.limits.max_frame = 32 << 20;
+            c.limits.max_outbound = 32 << 20;
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        let payload = vec![7u8; 16 << 20].into();
+        raw.send(1, Op::Ping(pb::Ping { payload }));
+        // The slow reader: this pause is the scenario, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(raw.recv().map(|r| r.id), Some(1), "{name}");
+        raw.send_bytes(&ping(2));
+        let pong = raw.recv();
+        assert!(
+            pong.as_ref().is_some_and(|r| r.id == 2),
+            "{name}: closed right after a slow write ({pong:?})"
+        );
+        drop(raw);
+        srv.shutdown();
+    }
+}
+
+#[test]
 fn a_connection_refused_at_the_limit_reads_its_refusal_then_a_clean_close() {
     // The refused client has already sent a request. Closing with that
     // input unread made the kernel send a reset, which could destroy the

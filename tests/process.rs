@@ -193,6 +193,72 @@ fn accept_errors_back_off_instead_of_spinning() {
 }
 
 #[test]
+fn thread_per_conn_exits_on_sigterm_with_every_file_descriptor_in_use() {
+    // The acceptor blocks in accept, and shutdown must wake it with every
+    // file descriptor held by an idle client and none waiting to be
+    // accepted. It used to be woken by a connection of the server's own,
+    // which needs a descriptor; it is now woken by shutting the listening
+    // socket down, which needs none. (Here the old wake-up also got through:
+    // shutdown frees other descriptors first. This guards the behaviour.)
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=40", "--", SERVER, "--listen", "127.0.0.1:0"])
+        .args([
+            "--no-pin",
+            "--log-level",
+            "error",
+            "--arch",
+            "thread-per-conn",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("prlimit runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut srv = ServerProcess(child);
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    // Connect until one is not answered: no descriptor is left to accept it.
+    let answered = |c: &mut TcpStream, id: u64| {
+        c.write_all(&frame(&Request {
+            id,
+            op: Some(Op::Ping(pb::Ping::default())),
+        }))
+        .unwrap();
+        let mut header = [0u8; 4];
+        c.read_exact(&mut header).is_ok()
+    };
+    let mut held = Vec::new();
+    let mut waiting = loop {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        if !answered(&mut c, 1) {
+            break c;
+        }
+        held.push(c);
+        assert!(held.len() < 100, "the descriptor limit did not bind");
+    };
+    // Free one: the waiting connection takes it, and none waits after it.
+    drop(held.remove(0));
+    waiting.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let mut rest = [0u8; 64];
+    assert!(waiting.read(&mut rest).unwrap() > 0, "never accepted");
+    let term = Instant::now();
+    Command::new("kill")
+        .arg(srv.0.id().to_string())
+        .status()
+        .unwrap();
+    while srv.0.try_wait().unwrap().is_none() {
+        assert!(
+            term.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling for the exit
+    }
+}
+
+#[test]
 fn degenerate_configurations_are_refused_with_a_clear_message() {
     for (args, says) in [
         (&["--idle-timeout", "0s"][..], "--idle-timeout"),

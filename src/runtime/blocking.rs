@@ -58,6 +58,8 @@ impl<S: Service> Ctx<S> {
 pub struct Acceptor<S: Service> {
     ctx: Arc<Ctx<S>>,
     addr: SocketAddr,
+    /// The listening socket, again: shutting it down wakes the acceptor.
+    listening: TcpListener,
     thread: JoinHandle<()>,
 }
 
@@ -72,6 +74,7 @@ impl<S: Service> Acceptor<S> {
     ) -> io::Result<Self> {
         listener.set_nonblocking(false)?;
         let addr = listener.local_addr()?;
+        let listening = listener.try_clone()?;
         let ctx = Arc::new(Ctx {
             service,
             budget: Arc::new(RequestBudget::new(limits.max_request_memory)),
@@ -90,7 +93,12 @@ impl<S: Service> Acceptor<S> {
         let thread = std::thread::Builder::new()
             .name("ramkv-acceptor".into())
             .spawn(move || accept_loop(listener, c))?;
-        Ok(Acceptor { ctx, addr, thread })
+        Ok(Acceptor {
+            ctx,
+            addr,
+            listening,
+            thread,
+        })
     }
 
     /// Stops accepting, lets each connection finish the request it is running
@@ -98,8 +106,16 @@ impl<S: Service> Acceptor<S> {
     /// whichever comes first; threads still running then are left to finish.
     pub fn shutdown(self, deadline: Instant) {
         self.ctx.stopping.store(true, Relaxed);
-        // Wake the blocking accept with a connection of our own.
-        let _ = TcpStream::connect(self.addr);
+        // Wake the blocking accept: on Linux, shutting a listening socket
+        // down makes accept return (EINVAL). This needs no new file
+        // descriptor, so it works when they have run out, which a wake-up
+        // connection of our own would not; that is only the fallback.
+        if socket2::SockRef::from(&self.listening)
+            .shutdown(Shutdown::Read)
+            .is_err()
+        {
+            let _ = TcpStream::connect(self.addr);
+        }
         let _ = self.thread.join();
         for s in self.ctx.lock_conns().values() {
             // Ends the blocking read; the replies owed are still written.
@@ -251,6 +267,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             write_within(&mut stream, &wbuf, limits.write_timeout)?;
             wbuf.clear();
             conn.shrink();
+            conn.on_written(Instant::now());
             continue;
         }
         if conn.finished() {

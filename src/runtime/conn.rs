@@ -215,6 +215,13 @@ impl<S: Service> Conn<S> {
         }
     }
 
+    /// A write of replies ended at `now`: the idle clock restarts from
+    /// there, not from when they were taken, since a slow reader can make a
+    /// write take longer than the idle timeout.
+    pub fn on_written(&mut self, now: Instant) {
+        self.last_active = now;
+    }
+
     /// The peer closed its side. The requests it sent are still answered;
     /// a partial frame at the end is dropped when the connection ends.
     pub fn on_eof(&mut self) {

@@ -291,6 +291,9 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             write_all(&mut io, &wbuf, limits.write_timeout).await?;
             wbuf.clear();
             conn.shrink();
+            // The write may have taken long: what follows is timed from its end.
+            now = Instant::now();
+            conn.on_written(now);
             continue;
         }
         if conn.finished() {

@@ -3,7 +3,10 @@
 //!
 //! - [`Exec::Pool`] (lb): the request, with its responder and the time it
 //!   was queued, goes onto the shared queue; a worker runs it. Past the
-//!   queue bound it is answered OVERLOADED at once (load shedding).
+//!   queue bound it is answered OVERLOADED at once (load shedding). The
+//!   exception is a quick request ([`Service::is_quick`]) while no worker is
+//!   ready for it: the dispatcher runs it, sparing a wake-up and a hand-off
+//!   (unless `--no-quick-path`).
 //! - [`Exec::Inline`] (inline, thread-per-conn): the thread that read the
 //!   request runs it there and then.
 //!
