@@ -123,7 +123,7 @@ measure_instructions() {
   wait "$load_pid" || true
   stop_system
   awk -v r=$((r1 - r0)) '/^(summary|totals):/ { ir = $2 } END { if (r > 0 && ir > 0) printf "%.0f", ir / r; else print "n/a" }' "$dump"
-  rm -f "$file".*[0-9]
+  [ -n "${KEEP_DUMPS:-}" ] || rm -f "$file".*[0-9]
 }
 
 {

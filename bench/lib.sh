@@ -42,7 +42,7 @@ start_system() {
     memcached)
       cmd=("$MEMCACHED" -l 127.0.0.1 -p "$port" -U 0 -t "$ncores" -m 8192 -c "${MEMCACHED_CONNS:-4096}")
       [ "$(id -u)" -ne 0 ] || cmd+=(-u root) ;;
-    redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients 4096) ;;
+    redis) cmd=("$REDIS" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --maxclients "${REDIS_CLIENTS:-4096}") ;;
     *) echo "$0: unknown system $sys" >&2; exit 2 ;;
   esac
   taskset -c "$server_cpus" ${WRAP+"${WRAP[@]}"} "${cmd[@]}" >/dev/null 2>&1 &

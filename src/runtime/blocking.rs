@@ -266,7 +266,6 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_within(&mut stream, &wbuf, limits.write_timeout)?;
             wbuf.clear();
-            conn.shrink();
             conn.on_written(Instant::now());
             continue;
         }
@@ -288,6 +287,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             stream.set_read_timeout(wait)?;
             read_timeout = Some(wait);
         }
+        conn.settle();
         let Some(buf) = conn.read_buf(limits) else {
             // The shared request budget is spent: wait a little for it.
             std::thread::sleep(

@@ -208,6 +208,16 @@ impl<S: Service> Conn<S> {
         Some(self.framer.read_buf())
     }
 
+    /// The framer to read into with [`Framer::poll_fill`], when the
+    /// connection should be read now and can be: a partly received frame
+    /// needs room in the connection's own buffer, which the shared request
+    /// budget must allow. `None` otherwise.
+    pub fn input(&mut self, limits: &Limits) -> Option<&mut Framer> {
+        let can = self.reading(limits)
+            && (!self.framer.has_partial() || self.framer.reserve(&self.budget));
+        can.then_some(&mut self.framer)
+    }
+
     /// `n` bytes were read into [`Conn::read_buf`] at `now`.
     pub fn on_read(&mut self, n: usize, now: Instant) {
         if n > 0 {
@@ -243,9 +253,10 @@ impl<S: Service> Conn<S> {
         n
     }
 
-    /// Gives back read memory no longer needed (after a large frame).
-    pub fn shrink(&mut self) {
-        self.framer.shrink(&self.budget);
+    /// Before the connection waits: gives back read memory it no longer
+    /// needs (the shared chunk, a buffer grown for a large frame).
+    pub fn settle(&mut self) {
+        self.framer.settle(&self.budget);
     }
 
     /// The next deadline, if one runs: the frame timeout while a frame is

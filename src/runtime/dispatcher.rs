@@ -20,11 +20,12 @@ use tokio_util::task::TaskTracker;
 
 use super::conn::{Conn, Timer};
 use super::exec::Exec;
-use super::frame::RequestBudget;
+use super::frame::{Framer, RequestBudget};
 use super::listen::{Inbox, Listener};
 use super::metrics::{DispatcherStats, Metrics};
 use super::service::{ExecContext, Rejection, Service};
 use super::thread::Threads;
+use super::tls::Handshakes;
 use super::{Figures, Limits};
 
 /// What every dispatcher shares.
@@ -190,23 +191,31 @@ fn start_connection<S: Service>(
     tracker.spawn(async move {
         let _guard = OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index));
         let peer = stream.peer_addr().ok();
-        let limit = shared.limits.frame_timeout;
         let result = match &shared.tls {
             None => serve(stream, index, &shared).await,
-            // A handshake that stalls is a frame that never finishes.
-            // Nothing is owed before the handshake ends: shutdown drops it.
-            Some(handshakes) => tokio::select! {
-                tls = handshakes.accept(stream, limit) => match tls {
-                    Ok(tls) => serve(tls, index, &shared).await,
-                    Err(e) => Err(e),
-                },
-                _ = shared.shutdown.cancelled() => Ok(()),
-            },
+            // Boxed: a handshake and a TLS stream are large, and inline they
+            // would make every plain connection's task as large.
+            Some(handshakes) => Box::pin(serve_tls(handshakes, stream, index, &shared)).await,
         };
         if let Err(e) = result {
             tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
         }
     });
+}
+
+/// Serves a TLS connection: its handshake (on the handshake threads), then
+/// [`serve`]. A handshake that stalls is a frame that never finishes.
+/// Nothing is owed before the handshake ends: shutdown drops it.
+async fn serve_tls<S: Service>(
+    handshakes: &Handshakes,
+    stream: TcpStream,
+    index: usize,
+    shared: &Shared<S>,
+) -> io::Result<()> {
+    tokio::select! {
+        tls = handshakes.accept(stream, shared.limits.frame_timeout) => serve(tls?, index, shared).await,
+        _ = shared.shutdown.cancelled() => Ok(()),
+    }
 }
 
 /// The connection's one timer, re-armed only when its deadline moves
@@ -290,7 +299,6 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_all(&mut io, &wbuf, limits.write_timeout).await?;
             wbuf.clear();
-            conn.shrink();
             // The write may have taken long: what follows is timed from its end.
             now = Instant::now();
             conn.on_written(now);
@@ -308,15 +316,16 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             timer.arm(at);
         }
         let open = conn.closing().is_none();
-        let buf = conn.read_buf(limits);
-        let reading = buf.is_some();
+        conn.settle();
+        let input = conn.input(limits);
+        let reading = input.is_some();
         // Shutdown comes before reading: a client that never stops sending
         // would otherwise keep the read branch ready and be served on.
         tokio::select! {
             biased;
             _ = sink.ready() => {}
             _ = &mut stopping, if open => conn.shutdown(),
-            r = read_into(&mut io, buf), if reading => match r? {
+            r = read_into(&mut io, input), if reading => match r? {
                 0 => conn.on_eof(),
                 n => {
                     stats.bytes_in.fetch_add(n as u64, Relaxed);
@@ -338,12 +347,19 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     close_gracefully(io, limits.linger).await
 }
 
+/// Reads into `framer` (see [`Framer::poll_fill`]): an idle connection
+/// holds no read buffer while it waits here.
 async fn read_into<IO: AsyncRead + Unpin>(
     io: &mut IO,
-    buf: Option<&mut BytesMut>,
+    framer: Option<&mut Framer>,
 ) -> io::Result<usize> {
-    match buf {
-        Some(b) => io.read_buf(b).await,
+    match framer {
+        Some(f) => {
+            std::future::poll_fn(|cx| {
+                f.poll_fill(|buf| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))
+            })
+            .await
+        }
         None => std::future::pending().await,
     }
 }
@@ -379,7 +395,9 @@ async fn close_gracefully<IO: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let drain = async {
         io.shutdown().await?;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's task,
+        // idle or not.
+        let mut sink = vec![0u8; 4096];
         while io.read(&mut sink).await? > 0 {}
         Ok::<(), io::Error>(())
     };

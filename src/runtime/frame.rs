@@ -8,8 +8,21 @@
 //! connection does hold beyond one read chunk is charged to a
 //! [`RequestBudget`] shared by all connections, so the total memory of
 //! partially received requests is bounded too.
+//!
+//! **Idle connections hold no buffer.** A dispatcher's connection with no
+//! frame partly received reads into its thread's shared chunk
+//! ([`Framer::poll_fill`], which borrows it only while a read is polled):
+//! the frames cut from those bytes share the chunk, and once they are taken
+//! the connection keeps nothing. Only a partly received frame is copied into
+//! a buffer of the connection's own ([`Framer::settle`]), so it pins its own
+//! bytes and not the chunk. Ten thousand idle connections cost no read
+//! memory at all; a busy dispatcher allocates one chunk per ~48 KiB read
+//! across all its connections instead of one per connection.
 
+use std::cell::RefCell;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 
@@ -63,10 +76,17 @@ impl RequestBudget {
     }
 }
 
+thread_local! {
+    /// The thread's read chunk for connections with no partial frame.
+    static CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 /// One connection's incoming bytes and the frames in them.
 #[derive(Debug)]
 pub struct Framer {
     buf: BytesMut,
+    /// `buf` was split off the thread's shared chunk (and pins it).
+    in_chunk: bool,
     max_frame: usize,
     /// Capacity beyond READ_CHUNK charged to the shared budget.
     charged: usize,
@@ -78,9 +98,46 @@ impl Framer {
     pub fn new(max_frame: usize) -> Self {
         Framer {
             buf: BytesMut::new(),
+            in_chunk: false,
             max_frame,
             charged: 0,
         }
+    }
+
+    /// Polls `read`, a read into the buffer it is given: the thread's
+    /// shared chunk when no frame is partly received, else this
+    /// connection's own buffer, which the caller has made room in with
+    /// [`Framer::reserve`]. `read` must leave the buffer as it was when it
+    /// returns `Pending`, as `poll_read` does.
+    pub fn poll_fill(
+        &mut self,
+        read: impl FnOnce(&mut BytesMut) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if !self.buf.is_empty() {
+            return read(&mut self.buf);
+        }
+        CHUNK.with_borrow_mut(|chunk| {
+            if chunk.capacity() - chunk.len() < READ_CHUNK / 4 {
+                *chunk = BytesMut::with_capacity(READ_CHUNK);
+            }
+            let n = ready!(read(chunk))?;
+            self.buf = chunk.split();
+            self.in_chunk = true;
+            Poll::Ready(Ok(n))
+        })
+    }
+
+    /// Before the connection waits: lets go of the shared chunk (copying a
+    /// partly received frame out of it), and of what [`Framer::shrink`]
+    /// gives back.
+    pub fn settle(&mut self, budget: &RequestBudget) {
+        if std::mem::take(&mut self.in_chunk) {
+            self.buf = match self.buf.is_empty() {
+                true => BytesMut::new(),
+                false => BytesMut::from(&self.buf[..]),
+            };
+        }
+        self.shrink(budget);
     }
 
     /// Makes room to read into: at least a quarter chunk free, and for a
@@ -149,6 +206,7 @@ impl Framer {
     /// Drops what was read and gives the memory back, as a connection ends.
     pub fn clear(&mut self, budget: &RequestBudget) {
         self.buf = BytesMut::new();
+        self.in_chunk = false;
         budget.give_back(std::mem::take(&mut self.charged));
     }
 
@@ -255,5 +313,65 @@ mod tests {
         );
         f.shrink(&budget);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A read that delivers `data` (as a socket's `poll_read` would).
+    fn deliver(data: &[u8]) -> impl FnOnce(&mut BytesMut) -> Poll<io::Result<usize>> + '_ {
+        move |b| {
+            b.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+    }
+
+    /// Unwraps a read that completed.
+    fn done(p: Poll<io::Result<usize>>) -> usize {
+        match p {
+            Poll::Ready(Ok(n)) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_connection_that_read_whole_frames_holds_no_buffer_while_it_waits() {
+        let budget = RequestBudget::new(0);
+        let mut f = Framer::new(1024);
+        let bytes = [framed(b"one"), framed(b"two")].concat();
+        assert_eq!(done(f.poll_fill(deliver(&bytes))), bytes.len());
+        let frames: Vec<Bytes> = std::iter::from_fn(|| f.next_frame().unwrap()).collect();
+        f.settle(&budget);
+        assert_eq!(f.buf.capacity(), 0, "an idle connection kept a buffer");
+        assert!(!f.in_chunk);
+        // The frames outlive the connection's hold on the chunk.
+        assert_eq!(frames, [&b"one"[..], b"two"]);
+        // Connections on one thread share the chunk: a second one's bytes
+        // land in the same allocation, after the first one's.
+        let mut g = Framer::new(1024);
+        done(g.poll_fill(deliver(&framed(b"three"))));
+        let three = g.next_frame().unwrap().unwrap();
+        assert_eq!(three, &b"three"[..]);
+        let gap = three.as_ptr() as usize - frames[1].as_ptr() as usize;
+        assert_eq!(gap, b"two".len() + HEADER_LEN, "not the same chunk");
+    }
+
+    #[test]
+    fn a_partly_received_frame_moves_to_a_buffer_of_its_own() {
+        let budget = RequestBudget::new(1 << 20);
+        let mut f = Framer::new(1024);
+        let whole = framed(b"whole");
+        let split = framed(b"split across reads");
+        let first = [&whole[..], &split[..7]].concat();
+        done(f.poll_fill(deliver(&first)));
+        assert_eq!(f.next_frame().unwrap().unwrap(), &b"whole"[..]);
+        assert_eq!(f.next_frame(), Ok(None));
+        f.settle(&budget);
+        // Copied out: it holds its 7 bytes, not the shared chunk.
+        assert!(!f.in_chunk);
+        assert_eq!((f.buf.len(), f.buf.capacity()), (7, 7));
+        assert!(f.has_partial());
+        // The rest is read into the connection's own buffer.
+        assert!(f.reserve(&budget));
+        done(f.poll_fill(deliver(&split[7..])));
+        assert!(!f.in_chunk);
+        assert_eq!(f.next_frame().unwrap().unwrap(), &b"split across reads"[..]);
     }
 }
