@@ -154,6 +154,36 @@ fn quick_requests_skip_the_hand_off_only_while_no_worker_is_ready() {
 }
 
 #[test]
+fn a_pipelined_batch_of_quick_requests_is_spread_over_the_workers() {
+    // 200 GETs in one write on an idle pool: the dispatcher runs a few
+    // itself (at most QUICK_PER_ROUND a round) and hands the rest to the
+    // workers, as lb promises for a hot connection. It used to run them all,
+    // since a quick request never makes anyone ready.
+    let srv = server(|c| {
+        c.workers = Some(2);
+        c.spin_us = Some(0);
+    });
+    let mut raw = Raw::connect(srv.local_addr());
+    let mut burst = Vec::new();
+    for id in 1..=200 {
+        burst.extend(common::frame(&ramkv_proto::Request {
+            id,
+            op: Some(Op::Get(pb::Get { key: "k".into() })),
+        }));
+    }
+    raw.send_bytes(&burst);
+    for _ in 0..200 {
+        assert_eq!(raw.recv().unwrap().status, Status::NotFound as i32);
+    }
+    let handed_off = common::stat(&srv.figures(), "ramkv_queue_delay_ns_count");
+    assert!(
+        handed_off >= 100,
+        "only {handed_off} of 200 reached the workers"
+    );
+    srv.shutdown();
+}
+
+#[test]
 fn without_the_quick_path_every_request_is_handed_off() {
     // The same idle pool with --no-quick-path: every GET goes through the
     // queue to a worker, and the dispatcher runs none.

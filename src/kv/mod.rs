@@ -220,12 +220,15 @@ impl Service for KvService {
     }
 
     /// Single-key reads and writes and PING: a hash, a shard lock and a
-    /// copy. A PUT copies its value, so only small ones; MULTI_*, STATS (it
-    /// gathers every figure) and SPIN go to the pool.
+    /// copy. A PUT or PING copies its payload, so only small ones; MULTI_*,
+    /// STATS (it gathers every figure) and SPIN go to the pool. A GET's
+    /// value size is not known before the lookup, so a GET of a large value
+    /// is quick too (its reply is copied on the dispatcher).
     fn is_quick(&self, req: &Request) -> bool {
         match &req.op {
-            Some(Op::Get(_) | Op::Delete(_) | Op::Ping(_)) => true,
+            Some(Op::Get(_) | Op::Delete(_)) => true,
             Some(Op::Put(p)) => p.value.len() <= QUICK_PUT_BYTES,
+            Some(Op::Ping(p)) => p.payload.len() <= QUICK_PUT_BYTES,
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::conn::Conn;
-use super::exec::Exec;
+use super::exec::{Exec, Round};
 use super::frame::{READ_CHUNK, RequestBudget};
 use super::metrics::Metrics;
 use super::service::{ExecContext, Rejection, Service};
@@ -257,9 +257,16 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
         if ctx.stopping.load(Relaxed) {
             conn.shutdown();
         }
+        let round = Round::new(now);
         conn.admit(&*ctx.service, limits, now, |req, responder| {
-            ctx.exec
-                .submit(&*ctx.service, &ctx.metrics, &exec_ctx, req, responder, now)
+            ctx.exec.submit(
+                &*ctx.service,
+                &ctx.metrics,
+                &exec_ctx,
+                req,
+                responder,
+                &round,
+            )
         });
         // The requests just run may have taken long: a reply is activity now.
         if conn.take_replies(&mut wbuf, Instant::now()) > 0 {

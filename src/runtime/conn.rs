@@ -343,8 +343,9 @@ pub fn drive<S: Service>(
     let (mut written, mut out) = (Vec::new(), BytesMut::new());
     let mut step = |conn: &mut Conn<S>| {
         let now = Instant::now();
+        let round = super::exec::Round::new(now);
         conn.admit(svc, limits, now, |r, responder| {
-            exec.submit(svc, &metrics, &exec_ctx, r, responder, now)
+            exec.submit(svc, &metrics, &exec_ctx, r, responder, &round)
         });
         conn.take_replies(&mut out, now);
         written.extend_from_slice(&out);

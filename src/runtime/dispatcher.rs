@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{Conn, Timer};
-use super::exec::Exec;
+use super::exec::{Exec, Round};
 use super::frame::{Framer, RequestBudget};
 use super::listen::{Inbox, Listener};
 use super::metrics::{DispatcherStats, Metrics};
@@ -282,6 +282,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     let mut round_start = now;
     loop {
         conn.on_read(std::mem::take(&mut just_read), now);
+        let round = Round::new(now);
         conn.admit(&*shared.service, limits, now, |req, responder| {
             // Built here, not held across an await: it is not Send.
             let ctx = ExecContext {
@@ -291,7 +292,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             let svc = &*shared.service;
             shared
                 .exec
-                .submit(svc, &shared.metrics, &ctx, req, responder, now)
+                .submit(svc, &shared.metrics, &ctx, req, responder, &round)
         });
         // Requests run here may have taken long: a reply is activity now.
         let replied_at = if inline { Instant::now() } else { now };

@@ -13,6 +13,7 @@
 //! Either way [`run`] executes it, catches a panic, and answers through the
 //! responder, so every admitted request gets exactly one reply.
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -48,11 +49,40 @@ pub enum Exec<S: Service> {
     Inline,
 }
 
+/// Quick requests one round of admissions may run on its dispatcher: enough
+/// for a closed loop's lone request and a short burst, few enough that a
+/// pipelined batch from one connection is spread over the workers rather
+/// than run on its dispatcher while the other connections wait.
+pub const QUICK_PER_ROUND: u32 = 4;
+
+/// One round of admissions on a connection: the caller's clock reading for
+/// it (queueing delays run from it, which spares a clock read per request)
+/// and what is left of its quick-path allowance.
+pub struct Round {
+    now: Instant,
+    quick_left: Cell<u32>,
+}
+
+impl Round {
+    /// A round starting at `now`.
+    pub fn new(now: Instant) -> Self {
+        Round {
+            now,
+            quick_left: Cell::new(QUICK_PER_ROUND),
+        }
+    }
+
+    /// Takes one quick run from the allowance, if any is left.
+    fn take_quick(&self) -> bool {
+        let left = self.quick_left.get();
+        self.quick_left.set(left.saturating_sub(1));
+        left > 0
+    }
+}
+
 impl<S: Service> Exec<S> {
     /// Runs or queues `request`. `ctx` describes the calling thread, used
-    /// when it runs the request itself. `now` is the caller's clock reading
-    /// for this round of admissions: the queueing delay runs from it, which
-    /// spares a clock read per request.
+    /// when it runs the request itself.
     pub fn submit(
         &self,
         svc: &S,
@@ -60,7 +90,7 @@ impl<S: Service> Exec<S> {
         ctx: &ExecContext<'_>,
         request: S::Request,
         responder: Responder<S>,
-        now: Instant,
+        round: &Round,
     ) {
         match self {
             Exec::Inline => {
@@ -71,7 +101,7 @@ impl<S: Service> Exec<S> {
                 bound,
                 quick,
             } => {
-                if *quick && queue.nobody_ready() && svc.is_quick(&request) {
+                if *quick && queue.nobody_ready() && svc.is_quick(&request) && round.take_quick() {
                     // Cheaper here than a worker's wake-up and the reply's.
                     run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
                     return;
@@ -84,7 +114,7 @@ impl<S: Service> Exec<S> {
                 queue.push(Task {
                     request,
                     responder,
-                    queued: now,
+                    queued: round.now,
                 });
             }
         }

@@ -91,9 +91,10 @@ pub struct Flags {
     pub worker_policy: PolicyFlag,
 
     /// Send every request through lb's queue. By default a dispatcher runs
-    /// quick requests (GET, DELETE, PING, PUTs up to 16 KiB) itself while no
-    /// worker is ready, which spares a wake-up and a hand-off each; turn
-    /// that off to measure the hand-off, or when quick requests are not.
+    /// quick requests (GET, DELETE, PINGs and PUTs up to 16 KiB) itself
+    /// while no worker is ready, up to four per round of reading, which
+    /// spares a wake-up and a hand-off each; turn that off to measure the
+    /// hand-off, or when quick requests are not (GETs of large values).
     #[arg(long)]
     pub no_quick_path: bool,
 
