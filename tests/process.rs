@@ -9,10 +9,13 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{HANG_GUARD, Raw, ServerProcess, frame, spawn_server};
+use common::{HANG_GUARD, Raw, ServerProcess, frame, spawn_server, spawn_server_under};
 use ramkv_proto::{self as pb, Request, Status, request::Op};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_ramkv-server");
+
+/// Runs the server with at most 40 file descriptors.
+const PRLIMIT_40: &[&str] = &["prlimit", "--nofile=40", "--"];
 
 /// Polls `/proc` until some thread of `pid` is asleep in a `nanosleep`
 /// (the SPIN op in sleep mode): the event that proves a request is running.
@@ -158,25 +161,8 @@ fn accept_errors_back_off_instead_of_spinning() {
     // must back off; the thread-per-conn acceptor used to retry at once,
     // burning a core.
     for arch in ["thread-per-conn", "lb"] {
-        let mut child = Command::new("prlimit")
-            .args([
-                "--nofile=40",
-                "--",
-                SERVER,
-                "--listen",
-                "127.0.0.1:0",
-                "--no-pin",
-            ])
-            .args(["--log-level", "error", "--arch", arch])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("prlimit runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let srv = ServerProcess(child);
-        let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        let args = ["--arch", arch, "--log-level", "error"];
+        let (srv, addr) = spawn_server_under(PRLIMIT_40, &args);
         let conns: Vec<TcpStream> = (0..60)
             .filter_map(|_| TcpStream::connect(addr).ok())
             .collect();
@@ -200,24 +186,8 @@ fn thread_per_conn_exits_on_sigterm_with_every_file_descriptor_in_use() {
     // which needs a descriptor; it is now woken by shutting the listening
     // socket down, which needs none. (Here the old wake-up also got through:
     // shutdown frees other descriptors first. This guards the behaviour.)
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=40", "--", SERVER, "--listen", "127.0.0.1:0"])
-        .args([
-            "--no-pin",
-            "--log-level",
-            "error",
-            "--arch",
-            "thread-per-conn",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("prlimit runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut srv = ServerProcess(child);
-    let addr: std::net::SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let args = ["--arch", "thread-per-conn", "--log-level", "error"];
+    let (mut srv, addr) = spawn_server_under(PRLIMIT_40, &args);
     // Connect until one is not answered: no descriptor is left to accept it.
     let answered = |c: &mut TcpStream, id: u64| {
         c.write_all(&frame(&Request {

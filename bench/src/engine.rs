@@ -584,8 +584,11 @@ pub fn format_key(idx: u64, size: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Connection weights for `(K, F)` hot connections, summing to 1.
-fn conn_weights(n: usize, hot: Option<(usize, f64)>) -> Vec<f64> {
+/// Each connection's share of the load, summing to 1: `K` hot ones share
+/// `F`, the rest share what is left (`--hot-conns K:F`). ramkv-sim weighs
+/// its simulated connections with the same function.
+pub fn conn_weights(n: usize, hot: Option<(usize, f64)>) -> Vec<f64> {
+    let n = n.max(1);
     match hot {
         Some((k, f)) if k > 0 && k < n => (0..n)
             .map(|c| {

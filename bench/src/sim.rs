@@ -44,6 +44,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::dist::{ServiceDist, poisson_gap_ns};
+use crate::engine::conn_weights;
 
 /// How connections are assigned to dispatchers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,24 +446,6 @@ fn arrivals(run: &Run, rng: &mut StdRng) -> Vec<Req> {
         r.service = run.service.sample_ns(rng) + run.costs.overshoot;
     }
     reqs
-}
-
-/// Each connection's share of the load: `K` hot ones share `F`, the rest
-/// share what is left, as ramkv-bench's `--hot-conns K:F`.
-pub fn conn_weights(connections: usize, hot: Option<(usize, f64)>) -> Vec<f64> {
-    let n = connections.max(1);
-    match hot {
-        Some((k, f)) if k > 0 && k < n => (0..n)
-            .map(|c| {
-                if c < k {
-                    f / k as f64
-                } else {
-                    (1.0 - f) / (n - k) as f64
-                }
-            })
-            .collect(),
-        _ => vec![1.0 / n as f64; n],
-    }
 }
 
 impl Sim<'_> {

@@ -189,8 +189,30 @@ impl Drop for ServerProcess {
 /// Starts the server binary on an ephemeral loopback port with `args`, and
 /// returns once it has printed the address it listens on.
 pub fn spawn_server(args: &[&str]) -> (ServerProcess, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ramkv-server"))
-        .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "warn"])
+    spawn_server_under(&[], args)
+}
+
+/// [`spawn_server`] run under `wrapper`, a command that runs the one after
+/// it (for example `["prlimit", "--nofile=40", "--"]`).
+pub fn spawn_server_under(wrapper: &[&str], args: &[&str]) -> (ServerProcess, SocketAddr) {
+    let server = env!("CARGO_BIN_EXE_ramkv-server");
+    let (program, wrapper_args) = match wrapper.split_first() {
+        Some((first, rest)) => (*first, rest),
+        None => (server, &[][..]),
+    };
+    let mut child = Command::new(program)
+        .args(wrapper_args)
+        .args(if wrapper.is_empty() {
+            None
+        } else {
+            Some(server)
+        })
+        .args(["--listen", "127.0.0.1:0", "--no-pin"])
+        .args(if args.contains(&"--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "warn"]
+        })
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
