@@ -28,7 +28,8 @@
 //! lb's spinning workers (a worker is idle or busy; an idle one pays
 //! `wake`). lb's quick path is modelled: with `quick` set, a request that
 //! short runs on its dispatcher when the shared queue is empty, as ramkv
-//! runs GETs while no worker is ready. The validation in
+//! runs GETs while no worker is ready. (ramkv also runs at most four per
+//! read; the model reads one request at a time, so it has no such cap.) The validation in
 //! `bench/results/*-sim-*.md` says how close this gets.
 //!
 //! Latency runs from arrival to the end of the answering step, as
