@@ -223,10 +223,7 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     raw.stream.write_all(&burst).unwrap();
     // The first reply proves the server has read the burst; nine remain in flight.
     assert_eq!(raw.recv().unwrap().status, Status::Ok as i32);
-    Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
+    child.sigterm();
     let mut answered = 1;
     while let Some(r) = raw.recv() {
         assert_eq!(r.status, Status::Ok as i32);

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{HANG_GUARD, Raw, frame, server, spawn_server};
@@ -333,10 +332,7 @@ async fn sigterm_under_load_answers_or_closes_and_exits_zero() {
     )
     .await;
     drop(probe);
-    Command::new("kill")
-        .args(["-TERM", &proc.0.id().to_string()])
-        .status()
-        .unwrap();
+    proc.sigterm();
     let mut total = 0;
     while let Some(acked) = tasks.join_next().await {
         total += acked.unwrap();

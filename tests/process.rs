@@ -101,10 +101,7 @@ fn the_drain_timeout_bounds_the_process_exit() {
         );
         await_sleeping_thread(srv.0.id());
         let term = Instant::now();
-        Command::new("kill")
-            .arg(srv.0.id().to_string())
-            .status()
-            .unwrap();
+        srv.sigterm();
         srv.0.wait().unwrap();
         let took = term.elapsed();
         assert!(
@@ -215,10 +212,7 @@ fn thread_per_conn_exits_on_sigterm_with_every_file_descriptor_in_use() {
     let mut rest = [0u8; 64];
     assert!(waiting.read(&mut rest).unwrap() > 0, "never accepted");
     let term = Instant::now();
-    Command::new("kill")
-        .arg(srv.0.id().to_string())
-        .status()
-        .unwrap();
+    srv.sigterm();
     while srv.0.try_wait().unwrap().is_none() {
         assert!(
             term.elapsed() < Duration::from_secs(10),
@@ -286,10 +280,7 @@ fn logs_carry_no_colour_codes_off_a_terminal_and_listen_takes_a_host_name() {
     assert!(line.contains("listening on"), "{line}");
     let mut stderr = child.stderr.take().unwrap();
     let srv = ServerProcess(child);
-    Command::new("kill")
-        .arg(srv.0.id().to_string())
-        .status()
-        .unwrap();
+    srv.sigterm();
     let mut logs = String::new();
     stderr.read_to_string(&mut logs).unwrap();
     assert!(
@@ -379,10 +370,7 @@ fn sigterm_stops_serving_a_client_that_never_stops_sending() {
             while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
         });
         let term = Instant::now();
-        Command::new("kill")
-            .arg(srv.0.id().to_string())
-            .status()
-            .unwrap();
+        srv.sigterm();
         srv.0.wait().unwrap();
         let took = term.elapsed();
         assert!(

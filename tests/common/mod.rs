@@ -179,6 +179,18 @@ pub fn stat(stats: &[(String, u64)], name: &str) -> u64 {
 /// A `ramkv-server` process, killed if the test ends before it exits.
 pub struct ServerProcess(pub Child);
 
+impl ServerProcess {
+    /// Sends the server SIGTERM, as an operator stopping it would.
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill failed");
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
