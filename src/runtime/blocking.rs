@@ -252,8 +252,10 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
     // The read timeout now set (a system call to change).
     let mut read_timeout: Option<Option<Duration>> = None;
     stream.set_write_timeout(Some(limits.write_timeout))?;
+    // The clock is read once after each blocking call and once at the end of
+    // each request run (by the round); everything between uses that reading.
+    let mut now = Instant::now();
     loop {
-        let now = Instant::now();
         if ctx.stopping.load(Relaxed) {
             conn.shutdown();
         }
@@ -268,12 +270,16 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
                 &round,
             )
         });
-        // The requests just run may have taken long: a reply is activity now.
-        if conn.take_replies(&mut wbuf, Instant::now()) > 0 {
+        // The requests just run may have taken long: a reply is activity
+        // from when the last one ended.
+        now = round.now();
+        if conn.take_replies(&mut wbuf, now) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-            write_within(&mut stream, &wbuf, limits.write_timeout)?;
+            write_within(&mut stream, &wbuf, now, limits.write_timeout)?;
             wbuf.clear();
-            conn.on_written(Instant::now());
+            // The write may have blocked: the idle clock restarts at its end.
+            now = Instant::now();
+            conn.on_written(now);
             continue;
         }
         if conn.finished() {
@@ -301,15 +307,18 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
                 wait.unwrap_or(Duration::from_millis(10))
                     .min(Duration::from_millis(10)),
             );
+            now = Instant::now();
             continue;
         };
         let room = (buf.capacity() - buf.len()).clamp(1, scratch.len());
-        match stream.read(&mut scratch[..room]) {
+        let read = stream.read(&mut scratch[..room]);
+        now = Instant::now();
+        match read {
             Ok(0) => conn.on_eof(),
             Ok(n) => {
                 stats.bytes_in.fetch_add(n as u64, Relaxed);
                 buf.extend_from_slice(&scratch[..n]);
-                conn.on_read(n, Instant::now());
+                conn.on_read(n, now);
             }
             Err(e)
                 if matches!(
@@ -317,7 +326,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                conn.on_deadline(limits, Instant::now());
+                conn.on_deadline(limits, now);
             }
             // A read with a timeout fails with EINTR instead of restarting
             // (signal(7)); a signal or a tracer is not the client's doing.
@@ -341,12 +350,17 @@ fn needs_new_timeout(set: Option<Option<Duration>>, wait: Option<Duration>) -> b
     }
 }
 
-/// Writes `buf` whole, within `limit` in all: a client that reads a little
-/// at a time cannot stretch one reply past the write timeout. (The socket's
-/// own timeout bounds each `write` call; it is re-set to what is left only
-/// after a partial write, so the common case costs no extra system call.)
-fn write_within(stream: &mut TcpStream, mut buf: &[u8], limit: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + limit;
+/// Writes `buf` whole within `limit` of `from` (a recent clock reading): a
+/// client that reads a little at a time cannot stretch one reply past the
+/// write timeout. (The socket's own timeout, `limit`, bounds each `write`
+/// call; it is re-set to what is left only after a partial write, so the
+/// common case costs no extra system call, clock read or deadline.)
+fn write_within(
+    stream: &mut TcpStream,
+    mut buf: &[u8],
+    from: Instant,
+    limit: Duration,
+) -> io::Result<()> {
     let mut shortened = false;
     let result = loop {
         if buf.is_empty() {
@@ -370,7 +384,7 @@ fn write_within(stream: &mut TcpStream, mut buf: &[u8], limit: Duration) -> io::
             Err(e) => break Err(e),
         }
         if !buf.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = (from + limit).saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -267,7 +267,6 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     let runtime = |out: &mut Vec<(String, u64)>| shared.figures.collect(out);
     let mut wbuf = BytesMut::new();
     let mut timer = ConnTimer::new();
-    let inline = matches!(shared.exec, Exec::Inline);
     // Created once: polling the same future again costs no registration.
     let stopping = shared.shutdown.cancelled();
     tokio::pin!(stopping);
@@ -276,8 +275,9 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
     // past after an idle spell).
     let mut just_read = 0usize;
     // One clock reading per wake-up serves the whole round (admission, the
-    // frame clock, queueing timestamps); one more before waiting counts the
-    // round as busy time.
+    // frame clock, queueing timestamps); requests run here move the round's
+    // clock on (see `Round`); one more after a write, and one before waiting
+    // when requests were handed off, count the round's busy time.
     let mut now = Instant::now();
     let mut round_start = now;
     loop {
@@ -294,9 +294,9 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
                 .exec
                 .submit(svc, &shared.metrics, &ctx, req, responder, &round)
         });
-        // Requests run here may have taken long: a reply is activity now.
-        let replied_at = if inline { Instant::now() } else { now };
-        if conn.take_replies(&mut wbuf, replied_at) > 0 {
+        // Requests run here may have taken long: a reply is activity from
+        // when the last one ended.
+        if conn.take_replies(&mut wbuf, round.now()) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             write_all(&mut io, &wbuf, limits.write_timeout).await?;
             wbuf.clear();
@@ -308,7 +308,14 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         if conn.finished() {
             break;
         }
-        let waiting_from = Instant::now();
+        // Requests handed off cost decoding and the hand-off: busy time.
+        // Otherwise `now` is recent enough (it was read after the last
+        // write or wake-up, and only bookkeeping has run since).
+        let waiting_from = if round.submitted() {
+            Instant::now()
+        } else {
+            now
+        };
         stats
             .busy_ns
             .fetch_add((waiting_from - round_start).as_nanos() as u64, Relaxed);

@@ -55,21 +55,36 @@ pub enum Exec<S: Service> {
 /// than run on its dispatcher while the other connections wait.
 pub const QUICK_PER_ROUND: u32 = 4;
 
-/// One round of admissions on a connection: the caller's clock reading for
-/// it (queueing delays run from it, which spares a clock read per request)
-/// and what is left of its quick-path allowance.
+/// One round of admissions on a connection: its clock and what is left of
+/// its quick-path allowance. The clock starts at the caller's reading and
+/// moves to the end of each request run in the round, so the caller learns
+/// when its replies were made, queueing delays run from the latest reading,
+/// and neither costs a clock read of its own.
 pub struct Round {
-    now: Instant,
+    clock: Cell<Instant>,
     quick_left: Cell<u32>,
+    submitted: Cell<bool>,
 }
 
 impl Round {
     /// A round starting at `now`.
     pub fn new(now: Instant) -> Self {
         Round {
-            now,
+            clock: Cell::new(now),
             quick_left: Cell::new(QUICK_PER_ROUND),
+            submitted: Cell::new(false),
         }
+    }
+
+    /// The latest clock reading: when the last request run in the round
+    /// ended, or the round's start if none ran.
+    pub fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
+    /// Whether any request was submitted in the round.
+    pub fn submitted(&self) -> bool {
+        self.submitted.get()
     }
 
     /// Takes one quick run from the allowance, if any is left.
@@ -92,9 +107,11 @@ impl<S: Service> Exec<S> {
         responder: Responder<S>,
         round: &Round,
     ) {
+        round.submitted.set(true);
         match self {
             Exec::Inline => {
-                run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
+                let ended = run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
+                round.clock.set(ended);
             }
             Exec::Pool {
                 queue,
@@ -103,7 +120,8 @@ impl<S: Service> Exec<S> {
             } => {
                 if *quick && queue.nobody_ready() && svc.is_quick(&request) && round.take_quick() {
                     // Cheaper here than a worker's wake-up and the reply's.
-                    run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
+                    let ended = run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
+                    round.clock.set(ended);
                     return;
                 }
                 if queue.len() >= *bound {
@@ -114,7 +132,7 @@ impl<S: Service> Exec<S> {
                 queue.push(Task {
                     request,
                     responder,
-                    queued: round.now,
+                    queued: round.now(),
                 });
             }
         }
@@ -135,7 +153,8 @@ pub fn run_task<S: Service>(svc: &S, task: Task<S>, ctx: &ExecContext<'_>, stats
 
 /// Runs one request and answers it: with its response, or, if the service
 /// panicked, with the service's INTERNAL answer. Records the queueing delay
-/// (when it was queued) and the service time.
+/// (when it was queued) and the service time; returns when it ended (before
+/// the answer was encoded).
 fn run<S: Service>(
     svc: &S,
     request: S::Request,
@@ -143,13 +162,14 @@ fn run<S: Service>(
     ctx: &ExecContext<'_>,
     stats: &ExecStats,
     queued: Option<Instant>,
-) {
+) -> Instant {
     let start = Instant::now();
     if let Some(q) = queued {
         stats.queue_delay.record(start - q);
     }
     let outcome = catch_unwind(AssertUnwindSafe(|| svc.execute(request, ctx)));
-    let took = start.elapsed();
+    let ended = Instant::now();
+    let took = ended - start;
     stats.service_time.record(took);
     stats.busy_ns.fetch_add(took.as_nanos() as u64, Relaxed);
     match outcome {
@@ -162,6 +182,7 @@ fn run<S: Service>(
             responder.reject(&Rejection::Internal);
         }
     }
+    ended
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 4;
@@ -180,7 +180,9 @@ impl Framer {
             return Ok(None);
         }
         let mut frame = self.buf.split_to(HEADER_LEN + len);
-        let _ = frame.split_to(HEADER_LEN);
+        // Skipping the prefix moves a pointer; splitting it off would make
+        // (and drop) a second handle on the shared buffer.
+        frame.advance(HEADER_LEN);
         Ok(Some(frame.freeze()))
     }
 
