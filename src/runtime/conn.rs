@@ -90,21 +90,27 @@ pub struct Conn<S: Service> {
 impl<S: Service> Conn<S> {
     /// A new connection, accepted at `now`.
     pub fn new(limits: &Limits, budget: Arc<RequestBudget>, now: Instant) -> Self {
+        Self::with_sink(limits, budget, now, Arc::default())
+    }
+
+    /// A new connection whose replies go to `sink` (made before the
+    /// connection, so that its dispatcher can reach it to stop it).
+    pub fn with_sink(
+        limits: &Limits,
+        budget: Arc<RequestBudget>,
+        now: Instant,
+        sink: Arc<ReplySink>,
+    ) -> Self {
         Conn {
             framer: Framer::new(limits.max_frame),
             budget,
             session: S::Session::default(),
-            sink: Arc::new(ReplySink::default()),
+            sink,
             in_flight: 0,
             closing: None,
             partial_since: None,
             last_active: now,
         }
-    }
-
-    /// The connection's reply buffer, which the driver waits on and writes from.
-    pub fn sink(&self) -> &Arc<ReplySink> {
-        &self.sink
     }
 
     /// Why it closes, once it must.

@@ -22,6 +22,11 @@
 //! service's INTERNAL answer instead. So no connection can wait forever for a
 //! reply that will never come.
 //!
+//! **Shutdown arrives the same way.** [`ReplySink::request_stop`] sets a flag
+//! that the dispatcher task finds where it looks for replies, and wakes it,
+//! so a connection's wait needs no shutdown branch of its own, polled every
+//! round.
+//!
 //! **Reply memory is bounded.** At admission the dispatcher reserves the
 //! service's bound on the reply's size against the connection's
 //! `max_outbound`, and stops admitting while reserved plus unwritten bytes
@@ -65,6 +70,8 @@ pub struct ReplySink {
     /// Set when the connection is gone: replies still being computed for it
     /// are dropped instead of encoded.
     closed: AtomicBool,
+    /// Set when the server shuts down, until the dispatcher task takes it.
+    stop: AtomicBool,
 }
 
 impl ReplySink {
@@ -143,11 +150,25 @@ impl ReplySink {
         self.encoded.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed)
     }
 
-    /// Completes once a reply is waiting to be taken. Announces the wait
+    /// Completes once a reply is waiting to be taken, or a stop was
+    /// requested and not yet taken. Announces the wait
     /// first (see the module documentation), and withdraws it when the
     /// future completes or is dropped.
     pub fn ready(&self) -> Ready<'_> {
         Ready { sink: self }
+    }
+
+    /// Tells the connection's task that the server shuts down, and wakes it
+    /// if it waits (see [`ReplySink::take_stop`]).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// True once after [`ReplySink::request_stop`]: the caller stops
+    /// admitting. (Taken, so that a later wait does not end at once again.)
+    pub fn take_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) && self.stop.swap(false, Ordering::Relaxed)
     }
 
     /// Marks the connection gone; later pushes are dropped.
@@ -162,8 +183,9 @@ impl ReplySink {
 }
 
 /// The future [`ReplySink::ready`] returns. Polling it announces the wait,
-/// registers the task's waker, then looks for a reply: a reply pushed after
-/// the announcement either is seen here or wakes the waker registered.
+/// registers the task's waker, then looks for a reply or a stop request: one
+/// that comes after the announcement either is seen here or wakes the waker
+/// registered.
 pub struct Ready<'a> {
     sink: &'a ReplySink,
 }
@@ -178,7 +200,7 @@ impl std::future::Future for Ready<'_> {
         let sink = self.sink;
         sink.waiting.store(true, Ordering::SeqCst);
         sink.waker.register(cx.waker());
-        if sink.queued.load(Ordering::SeqCst) > 0 {
+        if sink.queued.load(Ordering::SeqCst) > 0 || sink.stop.load(Ordering::SeqCst) {
             sink.waiting.store(false, Ordering::Relaxed);
             return std::task::Poll::Ready(());
         }
