@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -210,11 +211,10 @@ fn start_connection<S: Service>(
                 tracker.spawn(async move {
                     let _place = place;
                     let mut stream = stream;
-                    if write_all(&mut stream, &frame, limits.write_timeout)
-                        .await
-                        .is_ok()
-                    {
-                        let _ = close_gracefully(stream, limits.linger).await;
+                    let mut timer = ConnTimer::new();
+                    let wrote = write_all(&mut stream, &frame, &mut timer, limits.write_timeout);
+                    if wrote.await.is_ok() {
+                        let _ = close_gracefully(stream, &mut timer, limits.linger).await;
                     }
                 });
             }
@@ -287,6 +287,12 @@ impl ConnTimer {
         }
     }
 
+    /// Arms the timer for `deadline`, whatever it was armed for.
+    fn set(&mut self, deadline: Instant) {
+        self.sleep.as_mut().reset(deadline.into());
+        self.armed_for = Some(deadline);
+    }
+
     fn arm(&mut self, deadline: Instant) {
         if self.armed_for.is_none_or(|a| deadline < a) {
             self.sleep.as_mut().reset(deadline.into());
@@ -352,7 +358,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         // when the last one ended.
         if conn.take_replies(&mut wbuf, round.now()) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-            write_all(&mut io, &wbuf, limits.write_timeout).await?;
+            write_all(&mut io, &wbuf, &mut timer, limits.write_timeout).await?;
             wbuf.clear();
             // The write may have taken long: what follows is timed from its end.
             now = Instant::now();
@@ -405,7 +411,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         now = Instant::now();
         round_start = now;
     }
-    close_gracefully(io, limits.linger).await
+    close_gracefully(io, &mut timer, limits.linger).await
 }
 
 /// Reads into `framer` (see [`Framer::poll_fill`]): an idle connection
@@ -425,10 +431,14 @@ async fn read_into<IO: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `buf` whole, within `limit` in all.
+/// Writes `buf` whole, within `limit` in all. The first attempt needs no
+/// timer: a reply that fits the socket's buffer, the common case, costs no
+/// clock read and no timer; only a write that would block arms the
+/// connection's timer for its deadline.
 async fn write_all<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     buf: &[u8],
+    timer: &mut ConnTimer,
     limit: Duration,
 ) -> io::Result<()> {
     // The flush matters for TLS: a write that would block can leave the last
@@ -437,23 +447,39 @@ async fn write_all<IO: AsyncWrite + Unpin>(
         io.write_all(buf).await?;
         io.flush().await
     };
-    match tokio::time::timeout(limit, write).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "peer stopped reading replies",
-        )),
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result;
+    }
+    let deadline = Instant::now() + limit;
+    timer.arm(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => return result,
+            _ = &mut timer.sleep => if timer.fired(deadline) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer stopped reading replies",
+                ));
+            },
+        }
     }
 }
 
 /// Half-closes (after TLS's close_notify), then reads and discards until the
 /// peer closes or `linger` passes. Closing a socket with unread input makes
 /// the kernel send a reset, which can discard replies the peer has not read
-/// yet; draining first makes the close a FIN.
+/// yet; draining first makes the close a FIN. Timed by the connection's own
+/// timer, so the connection's task carries no second one.
 async fn close_gracefully<IO: AsyncRead + AsyncWrite + Unpin>(
     mut io: IO,
+    timer: &mut ConnTimer,
     linger: Duration,
 ) -> io::Result<()> {
+    let deadline = Instant::now() + linger;
+    timer.set(deadline);
     let drain = async {
         io.shutdown().await?;
         // On the heap: an array here would sit in every connection's task,
@@ -462,8 +488,8 @@ async fn close_gracefully<IO: AsyncRead + AsyncWrite + Unpin>(
         while io.read(&mut sink).await? > 0 {}
         Ok::<(), io::Error>(())
     };
-    match tokio::time::timeout(linger, drain).await {
-        Ok(r) => r,
-        Err(_) => Ok(()),
+    tokio::select! {
+        r = drain => r,
+        _ = &mut timer.sleep => Ok(()),
     }
 }
