@@ -24,14 +24,14 @@ use hashbrown::hash_table::Entry as Slot;
 
 /// Bytes charged per entry on top of its key and value, so that
 /// `--max-memory` bounds what the process really holds. Measured with
-/// `bench/item-memory.sh` (16-byte keys, 100-byte values: 299 bytes of
-/// resident memory per item): the key's and the value's heap blocks with
-/// the allocator's header and rounding, the shared header a value's first
-/// reader adds, and the table slot (two `Bytes` handles and the version,
-/// 72 bytes) at the load factor hashbrown runs at, between 7/16 and 7/8
-/// full. An estimate, documented as such; it was 96, which charged 212 bytes
-/// for those 299.
-pub const ENTRY_OVERHEAD: u64 = 184;
+/// `bench/item-memory.sh` (16-byte keys, 100-byte values: 232 bytes of
+/// resident memory per item): the item's heap block with the allocator's
+/// header and rounding, the shared header its first reader adds, and the
+/// 48-byte table slot at the load factor hashbrown runs at (between 7/16 and
+/// 7/8 full). Set 8 bytes above that measurement, since the allocator's
+/// rounding varies with the size: within 5% at 10, 100 and 1,000-byte
+/// values. An estimate, documented as such.
+pub const ENTRY_OVERHEAD: u64 = 124;
 
 /// A stored value and the version that identifies this write of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,11 +66,51 @@ pub enum StoreError {
     },
 }
 
-/// One shard: (key, entry) pairs found by their precomputed hash, and the
-/// count of writes it has numbered.
+/// One stored item: its key and value in one heap block (`data`, key
+/// first), and its version. One block per item rather than one each for key
+/// and value, and a 48-byte table slot rather than 72 (a key handle and a
+/// value handle); readers get the value as a slice of the block, without a
+/// copy or an allocation.
+struct Item {
+    data: Bytes,
+    key_len: usize,
+    version: u64,
+}
+
+impl Item {
+    /// Copies `key` and `value` into one block of exactly their size.
+    fn new(key: &[u8], value: &[u8], version: u64) -> Self {
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        Item {
+            data: Bytes::from(data),
+            key_len: key.len(),
+            version,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len]
+    }
+
+    fn value_len(&self) -> usize {
+        self.data.len() - self.key_len
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            value: self.data.slice(self.key_len..),
+            version: self.version,
+        }
+    }
+}
+
+/// One shard: items found by their key's precomputed hash, and the count of
+/// writes it has numbered.
 #[derive(Default)]
 struct Shard {
-    table: HashTable<(Bytes, Entry)>,
+    table: HashTable<Item>,
     writes: u64,
 }
 
@@ -135,25 +175,26 @@ impl Store {
         let hash = self.hash(key);
         self.read(hash)
             .table
-            .find(hash, |(k, _)| k == key)
-            .map(|(_, e)| e.clone())
+            .find(hash, |item| item.key() == key)
+            .map(Item::entry)
     }
 
     /// Stores `value` under `key` and returns the new version. With
     /// `expected = Some(v)` this is a compare-and-set: it succeeds only if the
     /// current version is `v` (0 meaning absent).
     pub fn put(&self, key: &[u8], value: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
-        // Copy outside the lock. The copy also detaches the value from the
-        // connection's read buffer, which it would otherwise keep alive.
-        let value = Bytes::copy_from_slice(value);
+        // Copy outside the lock, version to come. The copy also detaches the
+        // value from the connection's read buffer, which it would otherwise
+        // keep alive.
+        let mut item = Item::new(key, value, 0);
         let hash = self.hash(key);
         let mut guard = self.write(hash);
         let shard = &mut *guard;
         let slot = shard
             .table
-            .entry(hash, |(k, _)| k == key, |(k, _)| self.hash(k));
+            .entry(hash, |i| i.key() == key, |i| self.hash(i.key()));
         let current = match &slot {
-            Slot::Occupied(o) => Some((o.get().1.version, o.get().1.value.len())),
+            Slot::Occupied(o) => Some((o.get().version, o.get().value_len())),
             Slot::Vacant(_) => None,
         };
         if let Some(want) = expected {
@@ -174,10 +215,11 @@ impl Store {
         shard.writes += 1;
         let version =
             (shard.writes << self.shards.len().trailing_zeros()) | self.shard_index(hash) as u64;
+        item.version = version;
         match slot {
-            Slot::Occupied(mut o) => o.get_mut().1 = Entry { value, version },
+            Slot::Occupied(mut o) => *o.get_mut() = item,
             Slot::Vacant(v) => {
-                v.insert((Bytes::copy_from_slice(key), Entry { value, version }));
+                v.insert(item);
                 self.entries.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -202,19 +244,19 @@ impl Store {
     pub fn delete(&self, key: &[u8], expected: Option<u64>) -> Result<Option<u64>, StoreError> {
         let hash = self.hash(key);
         let mut shard = self.write(hash);
-        let found = shard.table.find_entry(hash, |(k, _)| k == key).ok();
-        let have = found.as_ref().map_or(0, |o| o.get().1.version);
+        let found = shard.table.find_entry(hash, |i| i.key() == key).ok();
+        let have = found.as_ref().map_or(0, |o| o.get().version);
         if let Some(want) = expected
             && want != have
         {
             return Err(StoreError::VersionMismatch { current: have });
         }
         Ok(found.map(|o| {
-            let ((_, e), _) = o.remove();
+            let (item, _) = o.remove();
             self.used
-                .fetch_sub(cost(key.len(), e.value.len()), Ordering::Relaxed);
+                .fetch_sub(cost(key.len(), item.value_len()), Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Relaxed);
-            e.version
+            item.version
         }))
     }
 
