@@ -10,20 +10,22 @@
 #   bench/emulated.sh
 #
 # Workloads (16 connections; service bimodal: 90% 500 µs, 10% 5 ms, slept):
-#   hot      2 of the 16 connections carry half of the requests; every system.
+#   hot      2 of the 16 connections carry half of the requests (HOT, K:F:
+#            K connections carry a share F); every system.
 #   bimodal  connections equally loaded; lb only, swept finely near capacity
 #            for ZygOS's measure (the highest load at which p99 ≤ 10 × the
 #            mean service time).
 # Offered rates are fractions of each thread count's capacity: threads ÷ the
 # mean service time the threads really get (the sleeps overshoot; measured
 # first, from the server's own service-time summary).
-# Environment: SERVICE, FRACTIONS, ZYGOS_FRACTIONS, REPEATS (3), DURATION
+# Environment: SERVICE, HOT (2:0.5), FRACTIONS, ZYGOS_FRACTIONS, REPEATS (3), DURATION
 # (2s), WARMUP (500ms), SERVER_CPUS (0), GEN_CPUS (1), BIN, NAME, MACHINE;
 # RENDER_ONLY=1 rewrites the report from a finished run's CSVs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 SERVICE=${SERVICE:-bimodal:0.9:500us:5ms}
+HOT=${HOT:-2:0.5}
 FRACTIONS=${FRACTIONS:-"0.1 0.3 0.5 0.6 0.7 0.8 0.9 1.0 1.1"}
 ZYGOS_FRACTIONS=${ZYGOS_FRACTIONS:-"0.5 0.7 0.8 0.85 0.9 0.95 1.0"}
 REPEATS=${REPEATS:-3}
@@ -83,7 +85,7 @@ if [ "${RENDER_ONLY:-0}" != 1 ]; then
   mean_us=$(awk -v s="$sum" -v c="$count" 'BEGIN { printf "%.1f", s / c / 1000 }')
   cap8=$(awk -v m="$mean_us" 'BEGIN { printf "%d", 8 / m * 1e6 }')
   cap16=$(awk -v m="$mean_us" 'BEGIN { printf "%d", 16 / m * 1e6 }')
-  printf 'mean_us=%s\ncap8=%s\ncap16=%s\ncommit=%s\nserver=%q\n' "$mean_us" "$cap8" "$cap16" \
+  printf 'mean_us=%s\ncap8=%s\ncap16=%s\nhot=%s\ncommit=%s\nserver=%q\n' "$mean_us" "$cap8" "$cap16" "$HOT" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$("$BIN/ramkv-server" --version)" > "$out/calibration.env"
 fi
 source "$out/calibration.env"
@@ -95,7 +97,7 @@ echo "mean service time $mean_us us (nominal $nominal_us); capacity $cap8 (8 thr
   echo
   echo "- Date: $date (UTC), commit $commit; server \`$server\`"
   echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r). Server on CPU $SERVER_CPUS, ramkv-bench on CPU $GEN_CPUS."
-  echo "- Command: \`bench/emulated.sh\` (SERVICE=$SERVICE slept, REPEATS=$REPEATS, DURATION=$DURATION, WARMUP=$WARMUP per run)"
+  echo "- Command: \`bench/emulated.sh\` (SERVICE=$SERVICE slept, HOT=$HOT, REPEATS=$REPEATS, DURATION=$DURATION, WARMUP=$WARMUP per run)"
   echo "- Mean service time the threads really get: **$mean_us µs** (nominal $nominal_us µs; measured by lb-16 at 1,000 req/s). Capacity = threads ÷ that: **$cap8 req/s** for 8 threads, **$cap16 req/s** for 16."
   echo "- Each point is the median of $REPEATS runs, [interval] the range that covers the median (75% for 3 runs). \`~\`: the run's generator was late (under 99.9% of sends within 50 µs), \`!\`: invalid (under 95%). \`†\`: some requests were never answered within the run plus a 1 s drain (timeouts); the percentiles cover only the answered ones, so they understate the wait."
   echo
@@ -105,7 +107,7 @@ echo "mean service time $mean_us us (nominal $nominal_us); capacity $cap8 (8 thr
 sweep() {
   local sys=$1 wl=$2 cap=$3; shift 3
   [ "${RENDER_ONLY:-0}" != 1 ] || return 0
-  local hot=(); [ "$wl" = hot ] && hot=(--hot-conns 2:0.5)
+  local hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$HOT")
   start "$sys"
   gen ${hot[@]+"${hot[@]}"} --sweep "$(rates_for "$cap" "$@")" --repeat "$REPEATS" --out "$out/$wl/$sys" \
     --title "$wl: $sys" 2>&1 | sed "s/^/   $sys: /" >&2 || true
@@ -137,7 +139,7 @@ for group in 8 16; do
     series+=(--series "$sys=$out/hot/$sys.csv")
   done
   "$BIN/ramkv-bench" --plot "$out/hot-$group.svg" \
-    --title "hot connections (2 of 16 carry half), bimodal 500 µs / 5 ms slept, $group threads" "${series[@]}" 2>/dev/null
+    --title "hot connections (--hot-conns $HOT of 16), bimodal 500 µs / 5 ms slept, $group threads" "${series[@]}" 2>/dev/null
   {
     echo "## Hot connections, $group threads: p99 µs at each offered load"
     echo

@@ -18,6 +18,8 @@ REPEATS=${REPEATS:-3}
 CALIBRATION=${CALIBRATION:-bench/sim/emulated-2core.calibration}
 [ -x "$BIN/ramkv-sim" ] || cargo build --release -p ramkv-bench
 source "$src/calibration.env"
+# The measured runs' hot share (calibration.env records it since HOT existed).
+hot_share=${hot:-2:0.5}
 date=$(date -u +%F)
 name=${NAME:-$date-sim-validation-${MACHINE:-$(nproc)core}}
 out="bench/results/$name"
@@ -40,7 +42,7 @@ for wl in hot bimodal; do
   for csv in "$src/$wl"/*.csv; do
     sys=$(basename "$csv" .csv)
     rates=$(awk -F, 'NR > 1 { printf "%s%s", sep, $1; sep = "," }' "$csv")
-    hot=(); [ "$wl" = hot ] && hot=(--hot-conns 2:0.5)
+    hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$hot_share")
     "$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --sweep "$rates" --connections 16 ${hot[@]+"${hot[@]}"} \
       --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s \
       --repeat "$REPEATS" --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
@@ -48,9 +50,9 @@ for wl in hot bimodal; do
   done
 done
 
-python3 - "$src" "$out" "$md" "$cap8" "$cap16" "$REPEATS" "$CALIBRATION" "$(git rev-parse --short HEAD)" <<'PY'
+python3 - "$src" "$out" "$md" "$cap8" "$cap16" "$REPEATS" "$CALIBRATION" "$(git rev-parse --short HEAD)" "$hot_share" <<'PY'
 import csv, os, subprocess, sys
-src, out, md, cap8, cap16, repeats, calib, commit = sys.argv[1:]
+src, out, md, cap8, cap16, repeats, calib, commit, hot = sys.argv[1:]
 cap = {8: float(cap8), 16: float(cap16)}
 def rows(path):
     return list(csv.DictReader(open(path)))
@@ -58,7 +60,7 @@ lines = [
     "# ramkv-sim against the emulated runs",
     "",
     f"- Date: {os.popen('date -u +%F').read().strip()} (UTC), commit {commit}",
-    f"- Measured: `{src}` (bench/emulated.sh: 16 connections, service bimodal 90% 500 µs / 10% 5 ms slept, "
+    f"- Measured: `{src}` (bench/emulated.sh: 16 connections, hot workload `--hot-conns {hot}`, service bimodal 90% 500 µs / 10% 5 ms slept, "
     "2 s measured after 500 ms warmup, 1 s drain, median of 3 runs)",
     f"- Simulated: `bench/sim-validate.sh {src}` (ramkv-sim with the same workload and window, median of {repeats} seeds), "
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
