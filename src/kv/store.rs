@@ -78,8 +78,9 @@ struct Item {
 }
 
 impl Item {
-    /// Copies `key` and `value` into one block of exactly their size.
-    fn new(key: &[u8], value: &[u8], version: u64) -> Self {
+    /// Copies `key` and `value` into one block of exactly their size; the
+    /// version is set when the write is numbered, under the shard's lock.
+    fn new(key: &[u8], value: &[u8]) -> Self {
         let mut data = Vec::with_capacity(key.len() + value.len());
         data.extend_from_slice(key);
         data.extend_from_slice(value);
@@ -92,7 +93,7 @@ impl Item {
         Item {
             data,
             key_len: key.len(),
-            version,
+            version: 0,
         }
     }
 
@@ -189,10 +190,9 @@ impl Store {
     /// `expected = Some(v)` this is a compare-and-set: it succeeds only if the
     /// current version is `v` (0 meaning absent).
     pub fn put(&self, key: &[u8], value: &[u8], expected: Option<u64>) -> Result<u64, StoreError> {
-        // Copy outside the lock, version to come. The copy also detaches the
-        // value from the connection's read buffer, which it would otherwise
-        // keep alive.
-        let mut item = Item::new(key, value, 0);
+        // Copy outside the lock. The copy also detaches the value from the
+        // connection's read buffer, which it would otherwise keep alive.
+        let mut item = Item::new(key, value);
         let hash = self.hash(key);
         let mut guard = self.write(hash);
         let shard = &mut *guard;
