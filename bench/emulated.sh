@@ -5,7 +5,9 @@
 # by threads, not by this machine's 2 cores. 8 or 16 workers (lb) face 8 or
 # 16 dispatchers that run requests themselves (inline, sharing one socket or
 # sharded with SO_REUSEPORT) and thread-per-connection, under the same load.
-# Writes bench/results/<date>-emulated-<machine>.md with tables, plots, CSVs.
+# Writes bench/results/<date>-emulated-<machine>.md with tables, plots, CSVs,
+# and per run the dispatcher each connection landed on (read from the
+# server's admin endpoint), which bench/sim-validate.sh replays.
 #
 #   bench/emulated.sh
 #
@@ -61,13 +63,14 @@ flags_of() {
 start() {
   port=$((port + 1)); addr="127.0.0.1:$port"
   read -ra f <<<"$(flags_of "$1")"
-  taskset -c "$SERVER_CPUS" "$BIN/ramkv-server" --listen "$addr" "${common[@]}" "${f[@]}" >/dev/null &
+  admin="127.0.0.1:$((port + 1000))"
+  taskset -c "$SERVER_CPUS" "$BIN/ramkv-server" --listen "$addr" --admin "$admin" "${common[@]}" "${f[@]}" >/dev/null &
   pid=$!
   until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.05; done
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 gen() {
-  taskset -c "$GEN_CPUS" "$BIN/ramkv-bench" --target "ramkv://$addr" --quiet --connections 16 \
+  taskset -c "$GEN_CPUS" "$BIN/ramkv-bench" --target "ramkv://$addr" --admin "$admin" --quiet --connections 16 \
     --service "$SERVICE" --service-mode sleep --duration "$DURATION" --warmup "$WARMUP" --drain 1s "$@"
 }
 stat() { "$BIN/ramkv" --server "$addr" stats | awk -v n="$1" '$1 == n { print $2 }'; }
@@ -153,7 +156,7 @@ for group in 8 16; do
       echo
     done
     echo
-    echo "Offered rates: $(rates_for "$cap" "${fr[@]}" | sed 's/,/, /g') req/s. Raw sweeps: \`$out/hot/*.csv\`."
+    echo "Offered rates: $(rates_for "$cap" "${fr[@]}" | sed 's/,/, /g') req/s. Raw sweeps: \`$out/hot/*.csv\`; each run, with the dispatcher that served each connection (connections 0 and 1 are the hot ones): \`$out/hot/*-runs.csv\`."
     echo
   } >> "$md"
 done

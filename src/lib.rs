@@ -45,7 +45,9 @@ pub mod kv;
 mod runtime;
 
 pub use runtime::service::{Admission, EncodeError, ExecContext, Rejection, Service};
-pub use runtime::{Arch, Limits, Server, ServerBuilder, StartError, WorkerPolicy, process_cpu_us};
+pub use runtime::{
+    Arch, ConnInfo, Limits, Server, ServerBuilder, StartError, WorkerPolicy, process_cpu_us,
+};
 
 /// The version and the commit this server was built from (`-dirty` when the
 /// tree had uncommitted changes), as `--version` and the startup log show it.

@@ -209,6 +209,64 @@ fn admin_endpoint_serves_prometheus_metrics() {
     srv.shutdown();
 }
 
+/// `Server::connections` and the admin endpoint's `/connections` list
+/// every open connection with its peer and the dispatcher that serves it, in
+/// every architecture: ramkv-bench reads it to record which dispatcher got
+/// each of its connections.
+#[test]
+fn open_connections_are_listed_with_their_dispatcher() {
+    for (name, adjust) in common::architectures() {
+        let mut dispatchers = 0;
+        let srv = server(|c| {
+            adjust(c);
+            dispatchers = c.dispatchers;
+            c.admin = Some("127.0.0.1:0".into());
+        });
+        let tpc = name == "thread-per-conn";
+        let mut clients: Vec<Raw> = (0..4).map(|_| Raw::connect(srv.local_addr())).collect();
+        // A reply proves the server has accepted and registered the connection.
+        for (id, raw) in clients.iter_mut().enumerate() {
+            ping_ok(raw, id as u64 + 1);
+        }
+        let listed = srv.connections();
+        assert_eq!(listed.len(), 4, "{name}: {listed:?}");
+        for raw in &clients {
+            let me = raw.stream.local_addr().unwrap();
+            let c = listed.iter().find(|c| c.peer == Some(me));
+            let c = c.unwrap_or_else(|| panic!("{name}: {me} not in {listed:?}"));
+            match c.dispatcher {
+                None => assert!(tpc, "{name}: no dispatcher for {me}"),
+                Some(d) => assert!(!tpc && d < dispatchers, "{name}: dispatcher {d}"),
+            }
+        }
+        let text = http_get(srv.admin_addr().unwrap(), "/connections");
+        assert!(text.starts_with("HTTP/1.1 200"), "{name}: {text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let mut lines = body.lines();
+        assert_eq!(
+            lines.next(),
+            Some("# peer dispatcher age_s"),
+            "{name}: {body}"
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(' ').collect()).collect();
+        assert_eq!(rows.len(), 4, "{name}: {body}");
+        for raw in &clients {
+            let me = raw.stream.local_addr().unwrap().to_string();
+            let row = rows.iter().find(|r| r[0] == me);
+            let row = row.unwrap_or_else(|| panic!("{name}: {me} not in {body}"));
+            let want = listed
+                .iter()
+                .find(|c| c.peer.map(|p| p.to_string()) == Some(me.clone()));
+            let want = want
+                .and_then(|c| c.dispatcher)
+                .map_or("-".into(), |d| d.to_string());
+            assert_eq!(row[1], want, "{name}: {body}");
+        }
+        clients.clear();
+        srv.shutdown();
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

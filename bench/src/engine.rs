@@ -126,6 +126,9 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     /// Seed for every random choice, so runs are repeatable.
     pub seed: u64,
+    /// ramkv's admin endpoint: each run records which dispatcher serves
+    /// each connection ([`RunResult::placement`]).
+    pub admin: Option<String>,
 }
 
 /// Error replies and lost requests, counted by status, with the first
@@ -213,6 +216,9 @@ pub struct RunResult {
     pub sent_on_time: u64,
     /// What the generator used.
     pub generator: GeneratorUsage,
+    /// Each connection's server dispatcher, by connection index (with
+    /// [`RunConfig::admin`]).
+    pub placement: Option<crate::placement::Placement>,
 }
 
 impl RunResult {
@@ -616,6 +622,9 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
     if cfg.tls.is_some() && cfg.target.kind != Kind::Ramkv {
         return Err("--tls-ca applies to ramkv targets only".into());
     }
+    if cfg.admin.is_some() && cfg.target.kind != Kind::Ramkv {
+        return Err("--admin applies to ramkv targets only".into());
+    }
     if cfg.connections == 0 || cfg.threads == 0 {
         return Err("--connections and --threads must be at least 1".into());
     }
@@ -668,6 +677,8 @@ struct Shared {
     start: OnceLock<(Instant, TimeSpec, TimeSpec)>,
     /// The first connect failure, which calls the run off.
     failure: Mutex<Option<String>>,
+    /// Each connection's local address, by connection index.
+    locals: Mutex<Vec<Option<std::net::SocketAddr>>>,
     abort: AtomicBool,
 }
 
@@ -683,6 +694,7 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
         go: Barrier::new(threads + 1),
         start: OnceLock::new(),
         failure: Mutex::new(None),
+        locals: Mutex::new(vec![None; cfg.connections]),
         abort: AtomicBool::new(false),
     });
     let intervals: Vec<Arc<Mutex<Interval>>> = (0..threads)
@@ -697,22 +709,35 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     let mut handles = Vec::new();
     for (t, interval) in intervals.iter().enumerate() {
         let conns: Vec<usize> = (0..cfg.connections).filter(|c| c % threads == t).collect();
-        let w: Vec<f64> = conns.iter().map(|&c| weights[c]).collect();
         let (cfg, wl, values) = (cfg.clone(), wl.clone(), values.clone());
         let (shared, interval) = (shared.clone(), interval.clone());
+        let weights = weights.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("bench-gen-{t}"))
-                .spawn(move || generator_thread(t, cfg, wl, values, w, shared, interval))
+                .spawn(move || {
+                    let w: Vec<(usize, f64)> = conns.iter().map(|&c| (c, weights[c])).collect();
+                    generator_thread(t, cfg, wl, values, w, shared, interval)
+                })
                 .map_err(|e| format!("cannot start a generator thread: {e}"))?,
         );
     }
     shared.ready.wait();
-    let failure = shared
+    let mut failure = shared
         .failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
+    // Before the clock starts: the listing takes a round trip or a few.
+    let placement = match (&cfg.admin, &failure) {
+        (Some(admin), None) => {
+            let locals = shared.locals.lock().unwrap_or_else(|e| e.into_inner());
+            crate::placement::fetch(admin, &locals)
+                .map_err(|e| failure = Some(e))
+                .ok()
+        }
+        _ => None,
+    };
     if failure.is_some() {
         shared.abort.store(true, Ordering::SeqCst);
     }
@@ -760,6 +785,7 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
             busiest_thread: total.busiest_thread,
             preempted: total.preempted,
         },
+        placement,
     })
 }
 
@@ -840,10 +866,12 @@ fn generator_thread(
     cfg: RunConfig,
     wl: Workload,
     values: Bytes,
-    weights: Vec<f64>,
+    conns: Vec<(usize, f64)>,
     shared: Arc<Shared>,
     interval: Arc<Mutex<Interval>>,
 ) -> Result<ThreadResult, String> {
+    // Each connection's index in the run, and its share of the load.
+    let (indices, weights): (Vec<usize>, Vec<f64>) = conns.into_iter().unzip();
     minimal_timer_slack();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -853,7 +881,7 @@ fn generator_thread(
     local.block_on(&rt, async move {
         // Connect everything before the clock starts.
         let mut links = Vec::new();
-        for _ in &weights {
+        for &index in &indices {
             let link = connect(
                 &cfg.target,
                 cfg.auth_token.as_deref(),
@@ -862,7 +890,11 @@ fn generator_thread(
             )
             .await;
             match link {
-                Ok(l) => links.push(l),
+                Ok(l) => {
+                    let mut locals = shared.locals.lock().unwrap_or_else(|e| e.into_inner());
+                    locals[index] = l.local_addr();
+                    links.push(l);
+                }
                 Err(e) => {
                     let mut f = shared.failure.lock().unwrap_or_else(|e| e.into_inner());
                     f.get_or_insert(e);
@@ -921,7 +953,7 @@ fn generator_thread(
                     )));
                     conn
                 }
-                Link::Stream { rd, wr } => {
+                Link::Stream { rd, wr, .. } => {
                     let conn = Rc::new(Conn::new(Transport::Stream));
                     tasks.push(tokio::task::spawn_local(stream_writer(conn.clone(), wr)));
                     tasks.push(tokio::task::spawn_local(reader(
@@ -1178,10 +1210,20 @@ pub enum Link {
         rd: Box<dyn AsyncRead + Unpin + Send>,
         /// The writing half.
         wr: Box<dyn AsyncWrite + Unpin + Send>,
+        /// The local address of the TCP connection underneath.
+        local: Option<std::net::SocketAddr>,
     },
 }
 
 impl Link {
+    /// The local address of the TCP connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Link::Tcp(s) => s.local_addr().ok(),
+            Link::Stream { local, .. } => *local,
+        }
+    }
+
     /// Both halves as streams, whatever the transport.
     pub fn into_halves(
         self,
@@ -1194,7 +1236,7 @@ impl Link {
                 let (rd, wr) = s.into_split();
                 (Box::new(rd), Box::new(wr))
             }
-            Link::Stream { rd, wr } => (rd, wr),
+            Link::Stream { rd, wr, .. } => (rd, wr),
         }
     }
 }
@@ -1223,6 +1265,7 @@ async fn connect_inner(
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let Some(connector) = tls else {
         if let (Some(token), Kind::Ramkv) = (token, target.kind) {
             authenticate(&mut tcp, token).await?;
@@ -1236,6 +1279,7 @@ async fn connect_inner(
     }
     let (rd, wr) = tokio::io::split(stream);
     Ok(Link::Stream {
+        local,
         rd: Box::new(rd),
         wr: Box::new(wr),
     })

@@ -7,6 +7,7 @@
 //! - [`protocol`]: the ramkv, memcache, Redis and echo wire protocols;
 //! - [`engine`]: open- and closed-loop load, measured from intended send times;
 //! - [`pacer`]: waiting for each send on a precise timer instead of a core;
+//! - [`placement`]: which server dispatcher serves each connection;
 //! - [`usage`]: the generator's own CPU, from `getrusage`;
 //! - [`stats`]: medians and confidence intervals over repeated runs;
 //! - [`report`]: tables, JSON, CSV and SVG plots;
@@ -17,6 +18,7 @@
 pub mod dist;
 pub mod engine;
 pub mod pacer;
+pub mod placement;
 pub mod protocol;
 pub mod report;
 pub mod sim;

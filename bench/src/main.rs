@@ -122,6 +122,11 @@ struct Args {
     /// Seed for every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The ramkv server's admin endpoint (its --admin HOST:PORT): each run
+    /// records which dispatcher serves each connection, in the JSON output
+    /// and in a sweep's OUT-runs.csv.
+    #[arg(long)]
+    admin: Option<String>,
     #[command(flatten)]
     connect: ConnectArgs,
     /// No progress line every second.
@@ -290,6 +295,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         connect_timeout: args.connect.connect_timeout,
+        admin: args.admin.clone(),
     };
     engine::check(&cfg, &wl).map_err(anyhow::Error::msg)?;
     Ok((cfg, wl))
@@ -429,13 +435,17 @@ fn sweep(args: &Args, cfg: &mut RunConfig, wl: &Workload) -> anyhow::Result<Exit
     csv.extend(points.iter().map(report::csv_row));
     let (csv_path, svg_path) = (format!("{}.csv", args.out), format!("{}.svg", args.out));
     write_file(&csv_path, &(csv.join("\n") + "\n"))?;
+    let mut runs = vec![report::RUNS_CSV_HEADER.to_string()];
+    runs.extend(points.iter().flat_map(report::runs_csv_rows));
+    let runs_path = format!("{}-runs.csv", args.out);
+    write_file(&runs_path, &(runs.join("\n") + "\n"))?;
     let title = args.title.clone().unwrap_or_else(|| describe(args, wl));
     let series = Series {
         label: args.target.clone(),
         points: points.iter().map(PlotPoint::of).collect(),
     };
     write_file(&svg_path, &svg_plot(&title, &[series]))?;
-    eprintln!("wrote {csv_path} and {svg_path}");
+    eprintln!("wrote {csv_path}, {runs_path} and {svg_path}");
     Ok(verdict(args, &points))
 }
 

@@ -79,6 +79,9 @@ pub struct Summary {
     pub generator_preempted: u64,
     /// The generator itself was the limit (a thread near 100% busy).
     pub generator_limited: bool,
+    /// Each connection's server dispatcher (`--admin`); for one run only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::placement::Placement>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -128,6 +131,7 @@ impl Summary {
             generator_busiest_thread: r.generator.busiest_thread,
             generator_preempted: r.generator.preempted,
             generator_limited: r.generator.busiest_thread >= LIMITED_BUSY,
+            placement: r.placement.clone(),
         }
     }
 
@@ -165,6 +169,9 @@ pub struct Point {
     /// Set by a sweep: this point's p99 fell below a lighter load's
     /// interval, so it shows the machine's noise rather than the server.
     pub noise: bool,
+    /// The runs themselves, for [`runs_csv_rows`].
+    #[serde(skip)]
+    pub runs: Vec<Summary>,
 }
 
 impl Point {
@@ -231,6 +238,10 @@ impl Point {
             generator_busiest_thread: median_of(|s| s.generator_busiest_thread),
             generator_preempted: sum(|s| s.generator_preempted),
             generator_limited: any(|s| s.generator_limited),
+            placement: match runs {
+                [one] => one.placement.clone(),
+                _ => None,
+            },
         };
         Some(Point {
             summary,
@@ -244,6 +255,7 @@ impl Point {
             p9999_us_ci: ci(pcts[4]),
             max_us_ci: ci(pcts[5]),
             noise: false,
+            runs: runs.to_vec(),
         })
     }
 
@@ -490,6 +502,40 @@ pub fn csv_row(p: &Point) -> String {
         p.repeats.to_string(),
     ]
     .join(",")
+}
+
+/// The header of a sweep's per-run CSV (`OUT-runs.csv`): one row per run,
+/// with the connections' dispatchers when `--admin` gave them.
+pub const RUNS_CSV_HEADER: &str = "offered_rate,run,achieved_rate,completed,errors,timeouts,p50_us,p90_us,p99_us,p999_us,max_us,adherence,valid,placement";
+
+/// The rows of one point's runs under [`RUNS_CSV_HEADER`].
+pub fn runs_csv_rows(p: &Point) -> Vec<String> {
+    let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+    p.runs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            [
+                format!("{:.1}", s.offered_rate),
+                i.to_string(),
+                format!("{:.1}", s.achieved_rate),
+                s.completed.to_string(),
+                s.errors.to_string(),
+                s.timeouts.to_string(),
+                o(s.p50_us),
+                o(s.p90_us),
+                o(s.p99_us),
+                o(s.p999_us),
+                o(s.max_us),
+                s.adherence.map_or(String::new(), |a| format!("{a:.5}")),
+                s.valid.to_string(),
+                s.placement
+                    .as_ref()
+                    .map_or(String::new(), crate::placement::field),
+            ]
+            .join(",")
+        })
+        .collect()
 }
 
 /// What a plot needs of one point, read back from a sweep's CSV.
@@ -850,6 +896,7 @@ mod tests {
             generator_busiest_thread: 0.05,
             generator_preempted: 0,
             generator_limited: false,
+            placement: None,
         }
     }
 

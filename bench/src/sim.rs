@@ -238,6 +238,9 @@ pub struct Run {
     /// its dispatcher when the queue is empty (0: off). ramkv does this for
     /// GETs, DELETEs, PINGs and small PUTs (`Service::is_quick`).
     pub quick: f64,
+    /// Each connection's dispatcher, as a real run recorded it
+    /// (ramkv-bench `--admin`): replaces the architecture's assignment.
+    pub placement: Option<Vec<usize>>,
 }
 
 /// What a run measured.
@@ -386,10 +389,11 @@ pub fn simulate(run: &Run) -> Outcome {
         Arch::ThreadPerConn => Assign::RoundRobin,
     };
     let conn_dispatcher = (0..run.connections)
-        .map(|c| match assign {
+        .map(|c| match (assign, &run.placement) {
             _ if n_disp == 0 => 0,
-            Assign::RoundRobin => c % n_disp,
-            Assign::Hash => rng.random_range(0..n_disp),
+            (_, Some(p)) => p.get(c).map_or(0, |&d| d % n_disp),
+            (Assign::RoundRobin, None) => c % n_disp,
+            (Assign::Hash, None) => rng.random_range(0..n_disp),
         })
         .collect();
     let workers = match run.arch {
@@ -690,6 +694,7 @@ pub fn summary(run: &Run, o: &Outcome) -> crate::report::Summary {
         generator_busiest_thread: 0.0,
         generator_preempted: 0,
         generator_limited: false,
+        placement: None,
     }
 }
 
@@ -733,6 +738,7 @@ mod tests {
             drain: 1.0,
             seed: 7,
             quick: 0.0,
+            placement: None,
         }
     }
 
@@ -808,6 +814,29 @@ mod tests {
         let inline = simulate(&hot("inline:8")).quantile_us(0.99).unwrap();
         assert!(lb < 1_000.0, "lb p99 {lb} us");
         assert!(inline > 100_000.0, "inline p99 {inline} us");
+    }
+
+    #[test]
+    fn a_recorded_placement_decides_which_connections_share_a_dispatcher() {
+        // Together on dispatcher 0, the hot connections give it 1.2× its
+        // capacity; kept apart, each dispatcher is 80% busy. A seed's own
+        // draw plays no part.
+        let service = ServiceDist::Fixed(Duration::from_micros(100));
+        let placed = |p: Vec<usize>, seed| Run {
+            hot: Some((2, 0.5)),
+            duration: 2.0,
+            seed,
+            placement: Some(p),
+            ..run("inline:2:hash", 0.8 * 2.0 * 1e4, service.clone())
+        };
+        let mut together = vec![0, 0];
+        together.extend((2..16).map(|c| c % 2));
+        let apart: Vec<usize> = (0..16).map(|c| c % 2).collect();
+        let p99 = |r: &Run| simulate(r).quantile_us(0.99).unwrap();
+        let (t1, t2) = (p99(&placed(together.clone(), 1)), p99(&placed(together, 2)));
+        let a = p99(&placed(apart, 1));
+        assert!(t1 > 100_000.0 && t2 > 100_000.0, "together: {t1} / {t2} us");
+        assert!(a < 5_000.0, "apart: {a} us");
     }
 
     #[test]

@@ -103,6 +103,58 @@ fn json_contract_and_sweep_files() {
     srv.shutdown();
 }
 
+/// With --admin, each run of a sweep records which server dispatcher served
+/// each connection, in OUT-runs.csv: ramkv-sim replays it.
+#[test]
+fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
+    let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions::default()).unwrap();
+    let srv = ramkv::ServerBuilder::new(svc)
+        .listen("127.0.0.1:0")
+        .arch(ramkv::Arch::Inline)
+        .dispatchers(3)
+        .admin("127.0.0.1:0")
+        .pin(false)
+        .start()
+        .unwrap();
+    let target = format!("ramkv://{}", srv.local_addr());
+    let admin = srv.admin_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("ramkv-bench-placement-{}", std::process::id()));
+    let prefix = dir.join("sweep").to_string_lossy().into_owned();
+    let out = bench()
+        .args(["--target", &target, "--admin", &admin, "--connections", "6"])
+        .args(["--sweep", "200", "--repeat", "2", "--duration", "200ms"])
+        .args(["--warmup", "50ms", "--out", &prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs = std::fs::read_to_string(format!("{prefix}-runs.csv")).unwrap();
+    let mut lines = runs.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "placement").unwrap();
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 2, "one row per run: {runs}");
+    for row in rows {
+        let placement: Vec<usize> = row
+            .split(',')
+            .nth(col)
+            .unwrap()
+            .split(' ')
+            .map(|d| d.parse().unwrap_or_else(|_| panic!("'{d}' in {row}")))
+            .collect();
+        assert_eq!(placement.len(), 6, "{row}");
+        assert!(placement.iter().all(|&d| d < 3), "{row}");
+    }
+    // Not for other targets' servers.
+    let out = bench()
+        .args(["--target", "redis://127.0.0.1:1", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--admin applies to ramkv targets only"));
+    let _ = std::fs::remove_dir_all(dir);
+    srv.shutdown();
+}
+
 #[test]
 fn an_unreachable_target_fails_at_once_with_the_address_and_the_cause() {
     let addr = format!("127.0.0.1:{}", free_port());

@@ -1,5 +1,6 @@
-//! The admin endpoint: `GET /metrics` in the Prometheus text format and
-//! `GET /health`, over HTTP on a thread of its own.
+//! The admin endpoint: `GET /metrics` in the Prometheus text format,
+//! `GET /health`, and `GET /connections` (each open connection's peer,
+//! dispatcher and age), over HTTP on a thread of its own.
 //!
 //! HTTP is hyper's, and each connection is its own task, so a slow or idle
 //! client cannot delay a scrape. The exposition is prometheus-client's: the
@@ -147,7 +148,7 @@ async fn answer(
     if req.method() != Method::GET {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "use GET /metrics or GET /health\n".into(),
+            "use GET /metrics, GET /health or GET /connections\n".into(),
             PLAIN,
         ));
     }
@@ -164,9 +165,14 @@ async fn answer(
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into(), PLAIN)
         }
         "/health" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+        "/connections" => text(
+            StatusCode::OK,
+            super::roster::render(state.figures.connections()),
+            PLAIN,
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "served here: /metrics and /health\n".into(),
+            "served here: /metrics, /health and /connections\n".into(),
             PLAIN,
         ),
     })

@@ -4,7 +4,6 @@
 //! runs what it admits in place, and writes the replies, the whole of each
 //! write bounded by the write timeout.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -18,6 +17,7 @@ use super::conn::Conn;
 use super::exec::{Exec, Round};
 use super::frame::{READ_CHUNK, RequestBudget};
 use super::metrics::Metrics;
+use super::roster::{Roster, RosterGuard};
 use super::service::{ExecContext, Rejection, Service};
 use super::{Figures, Limits};
 
@@ -35,7 +35,7 @@ struct Ctx<S: Service> {
     budget: Arc<RequestBudget>,
     stopping: AtomicBool,
     /// Open connections, so shutdown can end their blocking reads.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Arc<Roster<TcpStream>>,
     /// Connection threads still running, and a signal when one ends.
     live: Mutex<usize>,
     ended: Condvar,
@@ -45,10 +45,6 @@ struct Ctx<S: Service> {
 }
 
 impl<S: Service> Ctx<S> {
-    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn lock_live(&self) -> std::sync::MutexGuard<'_, usize> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -75,6 +71,8 @@ impl<S: Service> Acceptor<S> {
         listener.set_nonblocking(false)?;
         let addr = listener.local_addr()?;
         let listening = listener.try_clone()?;
+        let conns = Arc::new(Roster::new(None));
+        figures.set_connections(vec![conns.clone()]);
         let ctx = Arc::new(Ctx {
             service,
             budget: Arc::new(RequestBudget::new(limits.max_request_memory)),
@@ -83,7 +81,7 @@ impl<S: Service> Acceptor<S> {
             figures,
             exec: Exec::Inline,
             stopping: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+            conns: conns.clone(),
             live: Mutex::new(0),
             ended: Condvar::new(),
             next_id: AtomicU64::new(0),
@@ -117,10 +115,10 @@ impl<S: Service> Acceptor<S> {
             let _ = TcpStream::connect(self.addr);
         }
         let _ = self.thread.join();
-        for s in self.ctx.lock_conns().values() {
+        self.ctx.conns.for_each(|s| {
             // Ends the blocking read; the replies owed are still written.
             let _ = s.shutdown(Shutdown::Read);
-        }
+        });
         let mut live = self.ctx.lock_live();
         while *live > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -140,12 +138,13 @@ impl<S: Service> Acceptor<S> {
 }
 
 fn accept_loop<S: Service>(listener: TcpListener, ctx: Arc<Ctx<S>>) {
-    for stream in listener.incoming() {
+    loop {
+        let accepted = listener.accept();
         if ctx.stopping.load(Relaxed) {
             return;
         }
-        match stream {
-            Ok(stream) => adopt(stream, &ctx),
+        match accepted {
+            Ok((stream, peer)) => adopt(stream, peer, &ctx),
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on it.
                 tracing::warn!(error = %e, "accept failed");
@@ -156,7 +155,7 @@ fn accept_loop<S: Service>(listener: TcpListener, ctx: Arc<Ctx<S>>) {
 }
 
 /// Starts a thread for a new connection, or turns it away at the limit.
-fn adopt<S: Service>(stream: TcpStream, ctx: &Arc<Ctx<S>>) {
+fn adopt<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Arc<Ctx<S>>) {
     let stats = ctx.metrics.dispatcher(0);
     if stats.connections_open.load(Relaxed) as usize >= ctx.limits.max_connections {
         ctx.metrics.connections_rejected.fetch_add(1, Relaxed);
@@ -170,15 +169,16 @@ fn adopt<S: Service>(stream: TcpStream, ctx: &Arc<Ctx<S>>) {
     }
     let _ = stream.set_nodelay(true);
     let id = ctx.next_id.fetch_add(1, Relaxed);
-    if let Ok(clone) = stream.try_clone() {
-        ctx.lock_conns().insert(id, clone);
-    }
+    let listed = stream
+        .try_clone()
+        .ok()
+        .map(|clone| ctx.conns.add(clone, Some(peer)));
     stats.connections_total.fetch_add(1, Relaxed);
     stats.connections_open.fetch_add(1, Relaxed);
     *ctx.lock_live() += 1;
     let guard = Cleanup {
         ctx: ctx.clone(),
-        id,
+        _listed: listed,
     };
     let spawned = std::thread::Builder::new()
         .name(format!("ramkv-conn-{id}"))
@@ -221,12 +221,12 @@ fn refuse<S: Service>(mut stream: TcpStream, frame: BytesMut, ctx: &Ctx<S>) {
 /// Unregisters a connection however its thread ends, a panic included.
 struct Cleanup<S: Service> {
     ctx: Arc<Ctx<S>>,
-    id: u64,
+    /// Removes it from the roster (after `drop` below has run).
+    _listed: Option<RosterGuard<TcpStream>>,
 }
 
 impl<S: Service> Drop for Cleanup<S> {
     fn drop(&mut self) {
-        self.ctx.lock_conns().remove(&self.id);
         self.ctx
             .metrics
             .dispatcher(0)

@@ -4,12 +4,11 @@
 //! pool, or running them in place), writes every reply that is ready in one
 //! write, and closes gracefully when the connection says so.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use super::frame::{Framer, RequestBudget};
 use super::listen::{Inbox, Listener};
 use super::metrics::{DispatcherStats, Metrics};
 use super::reply::ReplySink;
+use super::roster::Roster;
 use super::service::{ExecContext, Rejection, Service};
 use super::thread::Threads;
 use super::tls::Handshakes;
@@ -56,6 +56,11 @@ pub struct Shared<S: Service> {
     pub exec_base: usize,
     /// Memory of partly received requests, across all connections.
     pub budget: Arc<RequestBudget>,
+    /// Each dispatcher's open connections, by their reply sinks. Shutdown
+    /// stops each through its sink, which its task waits on anyway: the wait
+    /// needs no shutdown future, whose poll cost about 150 instructions a
+    /// round.
+    pub rosters: Vec<Arc<Roster<Arc<ReplySink>>>>,
 }
 
 /// Starts dispatcher thread `index`.
@@ -98,18 +103,18 @@ async fn run<S: Service>(
     };
     let listener = std_listener.map(TcpListener::from_std).transpose()?;
     let tracker = TaskTracker::new();
-    let live = Arc::new(Live::default());
+    let roster = &shared.rosters[index];
     let mut next_peer = 0usize;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             accepted = accept(&listener) => match accepted {
-                Ok((stream, _)) if peers.is_empty() => start_connection(stream, index, &shared, &tracker, &live),
-                Ok((stream, _)) => {
+                Ok((stream, peer)) if peers.is_empty() => start_connection(stream, Some(peer), index, &shared, &tracker),
+                Ok((stream, peer)) => {
                     let target = next_peer % peers.len();
                     next_peer = next_peer.wrapping_add(1);
                     if target == index {
-                        start_connection(stream, index, &shared, &tracker, &live);
+                        start_connection(stream, Some(peer), index, &shared, &tracker);
                     } else if let Ok(s) = stream.into_std() {
                         // Fails only if that dispatcher has already exited.
                         let _ = peers[target].send(s);
@@ -122,13 +127,16 @@ async fn run<S: Service>(
                 }
             },
             Some(s) = inbox.recv() => match TcpStream::from_std(s) {
-                Ok(stream) => start_connection(stream, index, &shared, &tracker, &live),
+                Ok(stream) => {
+                    let peer = stream.peer_addr().ok();
+                    start_connection(stream, peer, index, &shared, &tracker);
+                }
                 Err(e) => tracing::warn!(dispatcher = index, error = %e, "could not adopt connection"),
             },
         }
     }
     drop(listener);
-    live.stop_all();
+    roster.for_each(|sink| sink.request_stop());
     tracker.close();
     if tokio::time::timeout(shared.limits.drain_timeout, tracker.wait())
         .await
@@ -140,44 +148,6 @@ async fn run<S: Service>(
         );
     }
     Ok(())
-}
-
-/// The connections a dispatcher serves, by their reply sinks. Shutdown
-/// stops each through its sink, which its task waits on anyway: the wait
-/// needs no shutdown future, whose poll cost about 150 instructions a round.
-#[derive(Default)]
-struct Live {
-    sinks: Mutex<(u64, HashMap<u64, Arc<ReplySink>>)>,
-}
-
-impl Live {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Arc<ReplySink>>)> {
-        self.sinks.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a connection's sink; the guard unregisters it.
-    fn add(self: &Arc<Self>, sink: Arc<ReplySink>) -> LiveGuard {
-        let mut g = self.lock();
-        let id = g.0;
-        g.0 += 1;
-        g.1.insert(id, sink);
-        LiveGuard(self.clone(), id)
-    }
-
-    fn stop_all(&self) {
-        for sink in self.lock().1.values() {
-            sink.request_stop();
-        }
-    }
-}
-
-/// Unregisters a connection from [`Live`] when its task ends, however it ends.
-struct LiveGuard(Arc<Live>, u64);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.lock().1.remove(&self.1);
-    }
 }
 
 /// Decrements the open-connection counts when a connection task ends, however it ends.
@@ -192,10 +162,10 @@ impl Drop for OpenGuard<'_> {
 
 fn start_connection<S: Service>(
     stream: TcpStream,
+    peer: Option<SocketAddr>,
     index: usize,
     shared: &Arc<Shared<S>>,
     tracker: &TaskTracker,
-    live: &Arc<Live>,
 ) {
     if shared.open_connections.fetch_add(1, Relaxed) >= shared.limits.max_connections {
         shared.open_connections.fetch_sub(1, Relaxed);
@@ -233,13 +203,12 @@ fn start_connection<S: Service>(
     let shared = shared.clone();
     // Registered now, not when the task first runs: shutdown may come first.
     let sink = Arc::new(ReplySink::default());
-    let registered = live.add(sink.clone());
+    let registered = shared.rosters[index].add(sink.clone(), peer);
     tracker.spawn(async move {
         let _guards = (
             OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index)),
             registered,
         );
-        let peer = stream.peer_addr().ok();
         let result = match &shared.tls {
             None => serve(stream, index, &shared, sink).await,
             // Boxed: a handshake and a TLS stream are large, and inline they

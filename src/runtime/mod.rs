@@ -25,6 +25,7 @@ mod listen;
 pub mod metrics;
 mod pool;
 mod reply;
+mod roster;
 pub mod service;
 mod thread;
 mod tls;
@@ -45,6 +46,7 @@ use service::{ExecContext, Service};
 use thread::Threads;
 
 pub use metrics::process_cpu_us;
+pub use roster::ConnInfo;
 
 /// How requests are executed. Only the threading differs between modes: the
 /// framing, the limits and the service are the same.
@@ -527,8 +529,12 @@ impl<S: Service> ServerBuilder<S> {
             refusals: Refusals::default(),
             exec_base,
             budget: Arc::new(frame::RequestBudget::new(self.limits.max_request_memory)),
+            rosters: (0..dispatchers)
+                .map(|i| Arc::new(roster::Roster::new(Some(i))))
+                .collect(),
         });
         figures.set_budget(shared.clone());
+        figures.set_connections(shared.rosters.clone());
         let mut server = Server {
             addr,
             admin_addr: None,
@@ -627,7 +633,11 @@ pub struct Figures {
     queue: OnceLock<Arc<dyn Fn() -> usize + Send + Sync>>,
     budget: OnceLock<Arc<dyn Fn() -> usize + Send + Sync>>,
     budget_limit: Option<usize>,
+    connections: OnceLock<ListConnections>,
 }
+
+/// Appends every open connection.
+type ListConnections = Box<dyn Fn(&mut Vec<roster::ConnInfo>) + Send + Sync>;
 
 impl Figures {
     fn new(metrics: Arc<Metrics>, budget_limit: Option<usize>) -> Self {
@@ -636,6 +646,7 @@ impl Figures {
             queue: OnceLock::new(),
             budget: OnceLock::new(),
             budget_limit,
+            connections: OnceLock::new(),
         }
     }
 
@@ -651,6 +662,25 @@ impl Figures {
         let _ = self.budget.set(Arc::new(move || {
             weak.upgrade().map_or(0, |s| s.budget.used())
         }));
+    }
+
+    fn set_connections<H: Send + 'static>(&self, rosters: Vec<Arc<roster::Roster<H>>>) {
+        let weak: Vec<_> = rosters.iter().map(Arc::downgrade).collect();
+        let _ = self.connections.set(Box::new(move |out| {
+            let now = Instant::now();
+            for r in weak.iter().filter_map(|w| w.upgrade()) {
+                r.list(now, out);
+            }
+        }));
+    }
+
+    /// Every open connection: its peer, its dispatcher and its age.
+    pub fn connections(&self) -> Vec<roster::ConnInfo> {
+        let mut out = Vec::new();
+        if let Some(list) = self.connections.get() {
+            list(&mut out);
+        }
+        out
     }
 
     /// Appends every runtime figure as `(name, value)`.
@@ -717,6 +747,12 @@ impl<S: Service> Server<S> {
         self.figures.collect(&mut out);
         self.service.figures(&mut out);
         out
+    }
+
+    /// Every open connection: its peer, the dispatcher serving it, its age
+    /// (what the admin endpoint's `/connections` lists).
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        self.figures.connections()
     }
 
     /// Starts the admin endpoint last; if it cannot start, stops everything

@@ -72,6 +72,10 @@ struct Args {
     /// Runs per point (different seeds); medians with intervals, as ramkv-bench --repeat.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Each connection's dispatcher ("0 3 1 …", as ramkv-bench's
+    /// OUT-runs.csv records it) instead of the architecture's assignment.
+    #[arg(long, value_parser = parse_placement)]
+    placement: Option<Placement>,
     /// Seed of the first run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -109,6 +113,9 @@ fn main() -> anyhow::Result<()> {
     for spec in &args.archs {
         let (label, arch) = spec.split_once('=').unwrap_or((spec, spec));
         let arch = Arch::parse(arch).map_err(anyhow::Error::msg)?;
+        if let Some(p) = &args.placement {
+            check_placement(&p.0, arch, args.connections as usize)?;
+        }
         let mut csv = format!("{}\n", report::CSV_HEADER);
         let mut points = Vec::new();
         for &rate in &args.sweep {
@@ -128,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                         drain: args.drain.as_secs_f64(),
                         seed: args.seed + i,
                         quick: args.quick.as_nanos() as f64,
+                        placement: args.placement.as_ref().map(|p| p.0.clone()),
                     };
                     sim::summary(&run, &sim::simulate(&run))
                 })
@@ -171,6 +179,42 @@ fn costs(args: &Args) -> anyhow::Result<Costs> {
         }
     }
     Ok(c)
+}
+
+/// A recorded placement: dispatcher indices by connection.
+#[derive(Clone, Debug)]
+struct Placement(Vec<usize>);
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    s.split([' ', ','])
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            f.parse().map_err(|_| {
+                format!("'{f}' is not a dispatcher index (a '-' means the run recorded none)")
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Placement)
+}
+
+/// A placement fits the architecture: one dispatcher per connection, each
+/// one the architecture has.
+fn check_placement(p: &[usize], arch: Arch, connections: usize) -> anyhow::Result<()> {
+    let dispatchers = match arch {
+        Arch::Inline { n, .. } => n,
+        Arch::Lb { d, .. } => d,
+        Arch::ThreadPerConn => bail!("--placement: thread-per-connection has no dispatchers"),
+    };
+    if p.len() != connections {
+        bail!(
+            "--placement names {} connections, --connections is {connections}",
+            p.len()
+        );
+    }
+    if let Some(d) = p.iter().find(|&&d| d >= dispatchers) {
+        bail!("--placement: dispatcher {d}, but the architecture has {dispatchers}");
+    }
+    Ok(())
 }
 
 fn write(path: &str, text: &str) -> anyhow::Result<()> {

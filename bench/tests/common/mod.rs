@@ -46,6 +46,7 @@ pub fn config(target: &str, mode: Mode, duration: Duration) -> RunConfig {
         tls: None,
         connect_timeout: Duration::from_secs(2),
         seed: 9,
+        admin: None,
     }
 }
 
