@@ -260,15 +260,10 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             conn.shutdown();
         }
         let round = Round::new(now);
-        conn.admit(&*ctx.service, limits, now, |req, responder| {
-            ctx.exec.submit(
-                &*ctx.service,
-                &ctx.metrics,
-                &exec_ctx,
-                req,
-                responder,
-                &round,
-            )
+        let more = conn.admit(&*ctx.service, limits, now, |req, responder| {
+            let (svc, metrics) = (&*ctx.service, &ctx.metrics);
+            ctx.exec
+                .submit(svc, metrics, &exec_ctx, req, responder, &round)
         });
         // The requests just run may have taken long: a reply is activity
         // from when the last one ended.
@@ -280,6 +275,9 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
             // The write may have blocked: the idle clock restarts at its end.
             now = Instant::now();
             conn.on_written(now);
+            continue;
+        }
+        if more {
             continue;
         }
         if conn.finished() {

@@ -39,6 +39,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::Limits;
+use super::exec::NotNow;
 use super::frame::{Framer, RequestBudget, TooLarge};
 use super::reply::{ReplySink, Responder};
 use super::service::{Admission, Rejection, Service};
@@ -85,6 +86,9 @@ pub struct Conn<S: Service> {
     partial_since: Option<Instant>,
     /// When something was last read or a reply taken for writing.
     last_active: Instant,
+    /// An admitted request handed back to run after the replies waiting
+    /// are written (see [`NotNow`]); boxed, as it is rare.
+    held: Option<Box<NotNow<S>>>,
 }
 
 impl<S: Service> Conn<S> {
@@ -110,6 +114,7 @@ impl<S: Service> Conn<S> {
             closing: None,
             partial_since: None,
             last_active: now,
+            held: None,
         }
     }
 
@@ -144,16 +149,23 @@ impl<S: Service> Conn<S> {
 
     /// Admits every complete frame it may, in order: each goes through
     /// [`Service::admit`], and what must run is handed to `run` with its
-    /// responder (the reply's size bound already reserved).
+    /// responder (the reply's size bound already reserved). `run` may hand
+    /// a request back ([`NotNow`]: the replies waiting must go out first);
+    /// admission then stops and `admit` returns true: write the replies,
+    /// then call it again without waiting for input, and the request is
+    /// offered first.
     pub fn admit(
         &mut self,
         svc: &S,
         limits: &Limits,
         now: Instant,
-        mut run: impl FnMut(S::Request, Responder<S>),
-    ) {
+        mut run: impl FnMut(S::Request, Responder<S>) -> Result<(), NotNow<S>>,
+    ) -> bool {
+        if self.held.is_some() && !self.run_held(&mut run) {
+            return true;
+        }
         let mut completed = false;
-        while self.admitting() && !self.paused(limits) {
+        while self.held.is_none() && self.admitting() && !self.paused(limits) {
             let frame = match self.framer.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -178,7 +190,10 @@ impl<S: Service> Conn<S> {
                     let bound = reply_bound.min(u32::MAX as usize) as u32;
                     self.in_flight += 1;
                     self.sink.reserve(bound as usize);
-                    run(request, Responder::new(self.sink.clone(), tag, bound));
+                    let responder = Responder::new(self.sink.clone(), tag, bound);
+                    if let Err(back) = run(request, responder) {
+                        self.hold(back);
+                    }
                 }
                 Admission::Reply(r) => self.answer(&r),
                 Admission::ReplyThenClose(r) => {
@@ -197,6 +212,32 @@ impl<S: Service> Conn<S> {
             // Nothing incomplete, or the server is not reading (paused,
             // closing): the client is not late.
             self.partial_since = None;
+        }
+        self.held.is_some()
+    }
+
+    /// Keeps a request handed back until the replies waiting are written.
+    #[cold]
+    fn hold(&mut self, back: NotNow<S>) {
+        self.held = Some(Box::new(back));
+    }
+
+    /// Offers the request held back again; false if it is handed back again.
+    #[cold]
+    fn run_held(
+        &mut self,
+        run: &mut impl FnMut(S::Request, Responder<S>) -> Result<(), NotNow<S>>,
+    ) -> bool {
+        let Some(held) = self.held.take() else {
+            return true;
+        };
+        let (request, responder) = *held;
+        match run(request, responder) {
+            Ok(()) => true,
+            Err(back) => {
+                self.hold(back);
+                false
+            }
         }
     }
 
@@ -348,14 +389,17 @@ pub fn drive<S: Service>(
     let mut conn = Conn::<S>::new(limits, budget, Instant::now());
     let (mut written, mut out) = (Vec::new(), BytesMut::new());
     let mut step = |conn: &mut Conn<S>| {
-        let now = Instant::now();
-        let round = super::exec::Round::new(now);
-        conn.admit(svc, limits, now, |r, responder| {
-            exec.submit(svc, &metrics, &exec_ctx, r, responder, &round)
-        });
-        conn.take_replies(&mut out, now);
-        written.extend_from_slice(&out);
-        out.clear();
+        let mut more = true;
+        while more {
+            let now = Instant::now();
+            let round = super::exec::Round::new(now);
+            more = conn.admit(svc, limits, now, |r, responder| {
+                exec.submit(svc, &metrics, &exec_ctx, r, responder, &round)
+            });
+            conn.take_replies(&mut out, now);
+            written.extend_from_slice(&out);
+            out.clear();
+        }
     };
     for piece in input.chunks(chunk.max(1)) {
         step(&mut conn);
@@ -449,7 +493,8 @@ mod tests {
         }
         c.admit(&Echo, &l, now, |req, responder| {
             let _ = req;
-            held.push(responder)
+            held.push(responder);
+            Ok(())
         });
     }
 
@@ -464,6 +509,47 @@ mod tests {
             v.push(String::from_utf8_lossy(&body[4..]).into_owned());
         }
         v
+    }
+
+    #[test]
+    fn a_request_handed_back_stops_admission_and_is_offered_first_next_time() {
+        let t0 = Instant::now();
+        let mut c = conn(t0);
+        let l = limits();
+        let bytes: Vec<u8> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|b| framed(b.as_bytes()))
+            .collect();
+        let buf = c.read_buf(&l).expect("reading");
+        buf.extend_from_slice(&bytes);
+        c.on_read(bytes.len(), t0);
+        let mut seen = Vec::new();
+        // "a" runs and answers at once; "b" finds its reply waiting and is
+        // handed back: admission stops before "c".
+        let more = c.admit(&Echo, &l, t0, |req, responder| {
+            let waiting = responder.replies_waiting();
+            seen.push((String::from_utf8_lossy(&req).into_owned(), waiting));
+            if waiting {
+                return Err((req, responder));
+            }
+            responder.respond(&req);
+            Ok(())
+        });
+        assert!(more, "call again after writing");
+        assert_eq!(seen, [("a".into(), false), ("b".into(), true)]);
+        assert_eq!(replies(&mut c), ["a"]);
+        seen.clear();
+        let more = c.admit(&Echo, &l, t0, |req, responder| {
+            seen.push((
+                String::from_utf8_lossy(&req).into_owned(),
+                responder.replies_waiting(),
+            ));
+            responder.respond(&req);
+            Ok(())
+        });
+        assert!(!more);
+        assert_eq!(seen, [("b".into(), false), ("c".into(), true)], "b first");
+        assert_eq!(replies(&mut c), ["b", "c"]);
     }
 
     #[test]

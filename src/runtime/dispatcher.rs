@@ -312,7 +312,7 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         }
         conn.on_read(std::mem::take(&mut just_read), now);
         let round = Round::new(now);
-        conn.admit(&*shared.service, limits, now, |req, responder| {
+        let more = conn.admit(&*shared.service, limits, now, |req, responder| {
             // Built here, not held across an await: it is not Send.
             let ctx = ExecContext {
                 slot: shared.exec_base + index,
@@ -332,6 +332,10 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             // The write may have taken long: what follows is timed from its end.
             now = Instant::now();
             conn.on_written(now);
+            continue;
+        }
+        if more {
+            now = round.now();
             continue;
         }
         if conn.finished() {

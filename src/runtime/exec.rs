@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::metrics::{ExecStats, Metrics};
 use super::pool::TaskQueue;
@@ -55,12 +55,26 @@ pub enum Exec<S: Service> {
 /// than run on its dispatcher while the other connections wait.
 pub const QUICK_PER_ROUND: u32 = 4;
 
+/// How long requests run in place may keep replies waiting so that they go
+/// out together in one write. A thread that runs requests itself (inline,
+/// thread-per-conn) writes the replies it has made before it starts a
+/// request that is not quick ([`Service::is_quick`]), or any request once
+/// the round has run this long: a reply that is ready never waits behind a
+/// long request that happened to arrive in the same read, while a burst of
+/// short ones (a GET is a microsecond or two) still shares one write.
+pub const HOLD_REPLIES_FOR: Duration = Duration::from_micros(50);
+
+/// A request that was not started: replies are waiting, and must be written
+/// first (see [`HOLD_REPLIES_FOR`]). The caller offers it again after the write.
+pub type NotNow<S> = (<S as Service>::Request, Responder<S>);
+
 /// One round of admissions on a connection: its clock and what is left of
 /// its quick-path allowance. The clock starts at the caller's reading and
 /// moves to the end of each request run in the round, so the caller learns
 /// when its replies were made, queueing delays run from the latest reading,
 /// and neither costs a clock read of its own.
 pub struct Round {
+    start: Instant,
     clock: Cell<Instant>,
     quick_left: Cell<u32>,
     submitted: Cell<bool>,
@@ -70,6 +84,7 @@ impl Round {
     /// A round starting at `now`.
     pub fn new(now: Instant) -> Self {
         Round {
+            start: now,
             clock: Cell::new(now),
             quick_left: Cell::new(QUICK_PER_ROUND),
             submitted: Cell::new(false),
@@ -80,6 +95,13 @@ impl Round {
     /// ended, or the round's start if none ran.
     pub fn now(&self) -> Instant {
         self.clock.get()
+    }
+
+    /// Whether replies already made may wait while `request` runs in place
+    /// (see [`HOLD_REPLIES_FOR`]).
+    fn replies_may_wait<S: Service>(&self, svc: &S, request: &S::Request) -> bool {
+        svc.is_quick(request)
+            && self.clock.get().saturating_duration_since(self.start) < HOLD_REPLIES_FOR
     }
 
     /// Whether any request was submitted in the round.
@@ -97,7 +119,9 @@ impl Round {
 
 impl<S: Service> Exec<S> {
     /// Runs or queues `request`. `ctx` describes the calling thread, used
-    /// when it runs the request itself.
+    /// when it runs the request itself. A request that would run in place
+    /// while its connection's replies wait to be written, and hold them up
+    /// for long, is handed back instead: write them, then submit it again.
     pub fn submit(
         &self,
         svc: &S,
@@ -106,10 +130,13 @@ impl<S: Service> Exec<S> {
         request: S::Request,
         responder: Responder<S>,
         round: &Round,
-    ) {
+    ) -> Result<(), NotNow<S>> {
         round.submitted.set(true);
         match self {
             Exec::Inline => {
+                if responder.replies_waiting() && !round.replies_may_wait(svc, &request) {
+                    return Err((request, responder));
+                }
                 let ended = run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
                 round.clock.set(ended);
             }
@@ -122,20 +149,19 @@ impl<S: Service> Exec<S> {
                     // Cheaper here than a worker's wake-up and the reply's.
                     let ended = run(svc, request, responder, ctx, metrics.exec(ctx.slot), None);
                     round.clock.set(ended);
-                    return;
-                }
-                if queue.len() >= *bound {
+                } else if queue.len() >= *bound {
                     metrics.shed.fetch_add(1, Relaxed);
                     responder.reject(&Rejection::Overloaded);
-                    return;
+                } else {
+                    queue.push(Task {
+                        request,
+                        responder,
+                        queued: round.now(),
+                    });
                 }
-                queue.push(Task {
-                    request,
-                    responder,
-                    queued: round.now(),
-                });
             }
         }
+        Ok(())
     }
 }
 

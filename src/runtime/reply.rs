@@ -144,6 +144,11 @@ impl ReplySink {
         std::mem::take(&mut p.replies)
     }
 
+    /// Whether replies wait to be taken.
+    pub fn has_replies(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > 0
+    }
+
     /// Bytes of replies encoded and not yet taken, plus those reserved for
     /// replies to come: what `max_outbound` bounds.
     pub fn outbound_bytes(&self) -> usize {
@@ -239,6 +244,11 @@ impl<S: Service> Responder<S> {
             answered: false,
             _service: PhantomData,
         }
+    }
+
+    /// Whether replies on its connection wait to be written.
+    pub fn replies_waiting(&self) -> bool {
+        self.sink.has_replies()
     }
 
     /// Sends the response.

@@ -54,7 +54,10 @@ pub trait Service: Send + Sync + 'static {
     /// spinning), which spares the hand-off's two wake-ups (eRPC's
     /// foreground handlers, RAMCloud's inline PING). Anything long or
     /// variable must answer no: it would hold up every other connection of
-    /// that dispatcher. The default is no.
+    /// that dispatcher. A thread that runs requests in place (inline,
+    /// thread-per-conn) also writes the replies it holds before it starts a
+    /// request that is not quick, so they do not wait for it. The default is
+    /// no.
     fn is_quick(&self, _request: &Self::Request) -> bool {
         false
     }
