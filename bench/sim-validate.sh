@@ -38,15 +38,60 @@ arch_of() {
 }
 cap_of() { case "$1" in *-8|*-8-*) echo "$cap8" ;; *) echo "$cap16" ;; esac; }
 
+# A column of a CSV by name, row by row.
+column() { awk -F, -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == n) c = i; next } { print $c }' "$1"; }
+# Whether a sweep's per-run file recorded the dispatchers (ramkv-bench --admin).
+placed() { [ -f "$1" ] && column "$1" placement | grep -q '[0-9]'; }
+
 for wl in hot bimodal; do
   for csv in "$src/$wl"/*.csv; do
     sys=$(basename "$csv" .csv)
-    rates=$(awk -F, 'NR > 1 { printf "%s%s", sep, $1; sep = "," }' "$csv")
+    case "$sys" in *-runs) continue ;; esac
     hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$hot_share")
-    "$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --sweep "$rates" --connections 16 ${hot[@]+"${hot[@]}"} \
-      --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s \
-      --repeat "$REPEATS" --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
-    rm -f "$out/$wl.svg"
+    sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
+      --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s)
+    runs="$src/$wl/$sys-runs.csv"
+    if [[ $sys == inline-* ]] && placed "$runs"; then
+      # Each measured run replayed with the dispatchers its connections
+      # really had; the point is the median of those runs, as measured.
+      mkdir -p "$out/placed"
+      paste -d';' <(column "$runs" offered_rate) <(column "$runs" run) <(column "$runs" placement) |
+        while IFS=';' read -r rate run placement; do
+          # A run that could not record every connection's dispatcher is
+          # replayed with a random draw instead.
+          at=(--placement "$placement"); [[ $placement == *-* ]] && at=()
+          "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((run + 1)) \
+            --out "$out/placed/$wl-r$rate-n$run" >/dev/null
+          rm -f "$out/placed/$wl-r$rate-n$run.svg"
+        done
+      python3 - "$out/placed" "$wl" "$sys" "$out/$wl-$sys" <<'PY'
+import csv, glob, os, statistics, sys
+d, wl, sys_, dest = sys.argv[1:]
+runs = []
+for f in glob.glob(os.path.join(d, f"{wl}-r*-n*-{sys_}.csv")):
+    n = int(os.path.basename(f)[len(wl) + 2:].split("-n")[1].split("-")[0])
+    for r in csv.DictReader(open(f)):
+        runs.append((float(r["offered_rate"]), n, float(r["p50_us"] or "nan"), float(r["p99_us"] or "nan"),
+                     float(r["p999_us"] or "nan"), float(r["achieved_rate"])))
+runs.sort()
+with open(dest + "-runs.csv", "w") as o:
+    o.write("offered_rate,run,p50_us,p99_us\n")
+    for rate, n, p50, p99, _, _ in runs:
+        o.write(f"{rate:.1f},{n},{p50:.2f},{p99:.2f}\n")
+with open(dest + ".csv", "w") as o:
+    o.write("offered_rate,achieved_rate,p50_us,p50_us_lo,p50_us_hi,p99_us,p99_us_lo,p99_us_hi,p999_us,repeats\n")
+    for rate in sorted({r[0] for r in runs}):
+        at = [r for r in runs if r[0] == rate]
+        col = lambda i: [r[i] for r in at]
+        med = lambda i: statistics.median(col(i))
+        o.write(f"{rate:.1f},{med(5):.1f},{med(2):.2f},{min(col(2)):.2f},{max(col(2)):.2f},"
+                f"{med(3):.2f},{min(col(3)):.2f},{max(col(3)):.2f},{med(4):.2f},{len(at)}\n")
+PY
+    else
+      rates=$(column "$csv" offered_rate | paste -sd,)
+      "${sim[@]}" --sweep "$rates" --repeat "$REPEATS" --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
+      rm -f "$out/$wl.svg"
+    fi
   done
 done
 
@@ -64,19 +109,35 @@ lines = [
     "2 s measured after 500 ms warmup, 1 s drain, median of 3 runs)",
     f"- Simulated: `bench/sim-validate.sh {src}` (ramkv-sim with the same workload and window, median of {repeats} seeds), "
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
-    "- Architectures: lb-N is `lb:1:N`; inline-N (shared socket or reuseport) is `inline:N:hash` (connections "
-    "spread at random, a new draw per seed); thread-per-conn is `tpc`.",
+    "- Architectures: lb-N is `lb:1:N`; inline-N (shared socket or reuseport) is `inline:N`, each measured run "
+    "replayed with the dispatcher each of its connections had (recorded by ramkv-bench `--admin`; where a run "
+    "did not record it, `inline:N:hash`, a random draw per seed); thread-per-conn is `tpc`. "
+    "Paired: each measured run against its own replay.",
     "- Ratio = simulated / measured; ✓ within 25%. Loads up to 70% of capacity (threads ÷ mean service time).",
     "",
 ]
 summary = []
 for wl in ["hot", "bimodal"]:
     for f in sorted(os.listdir(os.path.join(src, wl))):
+        if not f.endswith(".csv") or f.endswith("-runs.csv"):
+            continue
         sys_ = f[:-4]
+        # Each run against its own replay, where runs were replayed.
+        paired = {}
+        replay = os.path.join(out, f"{wl}-{sys_}-runs.csv")
+        if os.path.exists(replay):
+            simmed = {(r["offered_rate"], r["run"]): r for r in rows(replay)}
+            for r in rows(os.path.join(src, wl, f"{sys_}-runs.csv")):
+                s_ = simmed.get((f'{float(r["offered_rate"]):.1f}', r["run"]))
+                if s_ and r["p50_us"] and r["p99_us"]:
+                    good = sum(abs(float(s_[c]) / float(r[c]) - 1) <= 0.25 for c in ("p50_us", "p99_us"))
+                    t = paired.setdefault(f'{float(r["offered_rate"]):.1f}', [0, 0])
+                    t[0] += good; t[1] += 2
         threads = 16 if "-16" in sys_ or sys_ == "thread-per-conn" else 8
         meas = rows(os.path.join(src, wl, f))
         sim = {r["offered_rate"]: r for r in rows(os.path.join(out, f"{wl}-{sys_}.csv"))}
-        lines += [f"## {wl}: {sys_}", "", "| load | measured p50 / p99 µs [p99 interval] | simulated p50 / p99 µs | p50 ratio | p99 ratio | in the measured intervals ±25% |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {wl}: {sys_}", "", "| load | measured p50 / p99 µs [p99 interval] | simulated p50 / p99 µs | p50 ratio | p99 ratio | in the measured intervals ±25% | paired runs within 25% |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        pok = ptotal = 0
         ok = total = inside = 0
         for m in meas:
             load = float(m["offered_rate"]) / cap[threads]
@@ -94,9 +155,13 @@ for wl in ["hot", "bimodal"]:
                 return 0.75 * float(lo) <= float(s[col]) <= 1.25 * float(hi)
             both = within("p50_us") + within("p99_us")
             inside += both
-            lines.append(f"| {load:.2f} | {float(m['p50_us']):.0f} / {float(m['p99_us']):.0f} [{float(m['p99_us_lo']):.0f}, {float(m['p99_us_hi']):.0f}] | {float(s['p50_us']):.0f} / {float(s['p99_us']):.0f} | {mark(r50)} | {mark(r99)} | {both} of 2 |")
+            pg = paired.get(f'{float(m["offered_rate"]):.1f}')
+            if pg:
+                pok += pg[0]; ptotal += pg[1]
+            pcell = f"{pg[0]} of {pg[1]}" if pg else "—"
+            lines.append(f"| {load:.2f} | {float(m['p50_us']):.0f} / {float(m['p99_us']):.0f} [{float(m['p99_us_lo']):.0f}, {float(m['p99_us_hi']):.0f}] | {float(s['p50_us']):.0f} / {float(s['p99_us']):.0f} | {mark(r50)} | {mark(r99)} | {both} of 2 | {pcell} |")
         lines.append("")
-        summary.append((wl, sys_, ok, inside, total))
+        summary.append((wl, sys_, ok, inside, total, f"{pok} of {ptotal}" if ptotal else "—"))
         # Measured and simulated on one plot.
         subprocess.run(["target/release/ramkv-bench", "--plot", os.path.join(out, f"{wl}-{sys_}.svg"),
                         "--title", f"{wl}: {sys_}, measured and simulated",
@@ -104,8 +169,8 @@ for wl in ["hot", "bimodal"]:
                         "--series", f"simulated={os.path.join(out, f'{wl}-{sys_}.csv')}"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lines += [f"![{wl} {sys_}]({os.path.basename(out)}/{wl}-{sys_}.svg)", ""]
-head = ["## Summary", "", "| workload | system | p50 and p99 within 25% of the measured median (loads ≤ 0.7) | within the measured runs' interval ±25% |", "|---|---|---:|---:|"]
-head += [f"| {w} | {s} | {o} of {t} | {i} of {t} |" for w, s, o, i, t in summary]
+head = ["## Summary", "", "| workload | system | p50 and p99 within 25% of the measured median (loads ≤ 0.7) | within the measured runs' interval ±25% | paired runs within 25% |", "|---|---|---:|---:|---:|"]
+head += [f"| {w} | {s} | {o} of {t} | {i} of {t} | {p} |" for w, s, o, i, t, p in summary]
 lines[8:8] = head + [""]
 open(md, "w").write("\n".join(lines) + "\n")
 print(md)

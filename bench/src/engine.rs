@@ -126,8 +126,9 @@ pub struct RunConfig {
     pub connect_timeout: Duration,
     /// Seed for every random choice, so runs are repeatable.
     pub seed: u64,
-    /// ramkv's admin endpoint: each run records which dispatcher serves
-    /// each connection ([`RunResult::placement`]).
+    /// ramkv's admin endpoint: each run starts once the server has closed
+    /// every connection (up to [`QUIET_WITHIN`]), and records which
+    /// dispatcher serves each of its own ([`RunResult::placement`]).
     pub admin: Option<String>,
 }
 
@@ -682,9 +683,21 @@ struct Shared {
     abort: AtomicBool,
 }
 
+/// With [`RunConfig::admin`], how long a run waits for the server to close
+/// every connection (the last run's backlog) before it starts.
+pub const QUIET_WITHIN: Duration = Duration::from_secs(60);
+
 /// Runs one measurement.
 pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     check(cfg, wl)?;
+    if let Some(admin) = &cfg.admin {
+        let open = crate::placement::wait_until_idle(admin, QUIET_WITHIN)?;
+        if open > 0 {
+            eprintln!(
+                "warning: the server still had {open} connections open after {QUIET_WITHIN:?}; this run overlaps them"
+            );
+        }
+    }
     probe(cfg)?;
     let threads = cfg.threads.min(cfg.connections);
     let weights = conn_weights(cfg.connections, wl.hot_conns);

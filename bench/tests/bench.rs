@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -144,6 +145,27 @@ fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
         assert_eq!(placement.len(), 6, "{row}");
         assert!(placement.iter().all(|&d| d < 3), "{row}");
     }
+    // A run starts on a quiet server: it waits for connections still open.
+    let mut held = std::net::TcpStream::connect(srv.local_addr()).unwrap();
+    let mut ping = bytes::BytesMut::new();
+    let req = ramkv_proto::Request {
+        id: 1,
+        op: Some(ramkv_proto::request::Op::Ping(ramkv_proto::Ping::default())),
+    };
+    ramkv_proto::encode_frame(&req, &mut ping).unwrap();
+    held.write_all(&ping).unwrap();
+    // Its reply proves the server has it; the bound keeps a bug from hanging.
+    held.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = held.read(&mut [0u8; 64]).unwrap();
+    let wait = |within| ramkv_bench::placement::wait_until_idle(&admin, within).unwrap();
+    assert_eq!(wait(Duration::ZERO), 1, "a connection left open is counted");
+    drop(held);
+    assert_eq!(
+        wait(Duration::from_secs(30)),
+        0,
+        "and waited for until closed"
+    );
     // Not for other targets' servers.
     let out = bench()
         .args(["--target", "redis://127.0.0.1:1", "--admin", &admin])
