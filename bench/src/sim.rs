@@ -8,7 +8,13 @@
 //! its queue first come, first served, one request at a time:
 //!
 //! - `inline:N` (`single` is `inline:1`): N dispatchers; a connection
-//!   belongs to one, which reads, runs and answers its requests.
+//!   belongs to one, which reads, runs and answers its requests. A
+//!   dispatcher takes its connections in turns of at most `turn` requests
+//!   each (0: one queue, first come, first served): ramkv's connections are
+//!   tasks that tokio's cooperative budget makes yield after 128 socket
+//!   operations, and a request run inline costs one, its reply's write. So a
+//!   quiet connection waits for one turn of a busy neighbour, not for its
+//!   whole backlog.
 //! - `tpc`: one thread per connection.
 //! - `lb:D:W`: D dispatchers read and answer; W workers take requests from
 //!   one shared queue, one at a time (ramkv's single-task steal).
@@ -241,7 +247,13 @@ pub struct Run {
     /// Each connection's dispatcher, as a real run recorded it
     /// (ramkv-bench `--admin`): replaces the architecture's assignment.
     pub placement: Option<Vec<usize>>,
+    /// Requests an inline dispatcher runs for one connection before it turns
+    /// to the next connection with work (0: first come, first served).
+    pub turn: usize,
 }
+
+/// ramkv's turn: tokio's cooperative budget, one write per request run inline.
+pub const RAMKV_TURN: usize = 128;
 
 /// What a run measured.
 #[derive(Clone, Debug, Default)]
@@ -318,6 +330,38 @@ struct Server {
     busy: bool,
 }
 
+/// An inline dispatcher's turns: round-robin over its connections with
+/// work, at most `turn` requests each before the next one's turn.
+#[derive(Default)]
+struct Turns {
+    serving: Option<usize>,
+    served: usize,
+    waiting: VecDeque<usize>,
+}
+
+impl Turns {
+    fn begin(&mut self, conn: usize) {
+        self.serving = Some(conn);
+        self.served = 1;
+    }
+
+    /// The connection whose request runs next; `has_work` says whether a
+    /// connection has requests waiting. `None` when none has.
+    fn next(&mut self, turn: usize, has_work: impl Fn(usize) -> bool) -> Option<usize> {
+        if let Some(c) = self.serving.filter(|&c| has_work(c)) {
+            if self.served < turn {
+                self.served += 1;
+                return Some(c);
+            }
+            self.waiting.push_back(c);
+        }
+        self.serving = None;
+        let next = self.waiting.pop_front()?;
+        self.begin(next);
+        Some(next)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Who {
     Dispatcher(usize),
@@ -367,7 +411,12 @@ struct Sim<'a> {
     /// Until then a task handed to a waking worker still sits in ramkv's
     /// queue (the worker has not taken it yet), so nobody is ready.
     handed_until: f64,
+    /// Per connection: thread-per-connection's thread, or, for an inline
+    /// dispatcher taking turns, the requests read from it and not yet run.
     conns: Vec<Server>,
+    /// Per inline dispatcher taking turns: the connection it serves, how
+    /// many it has run this turn, and the connections waiting for a turn.
+    turns: Vec<Turns>,
     /// Thread-per-connection threads waiting for a core (CPU-bound only).
     core_waiters: VecDeque<usize>,
     free_cores: usize,
@@ -413,6 +462,7 @@ pub fn simulate(run: &Run) -> Outcome {
         handed_until: 0.0,
         shared_queue: VecDeque::new(),
         conns: (0..run.connections).map(|_| Server::default()).collect(),
+        turns: (0..n_disp).map(|_| Turns::default()).collect(),
         core_waiters: VecDeque::new(),
         free_cores: run.cores.max(1),
         queued: 0,
@@ -510,8 +560,28 @@ impl Sim<'_> {
         }
     }
 
+    /// Whether `who` is an inline dispatcher that takes its connections in turns.
+    fn takes_turns(&self, who: Who) -> Option<usize> {
+        match (self.run.arch, who) {
+            (Arch::Inline { .. }, Who::Dispatcher(d)) if self.run.turn > 0 => Some(d),
+            _ => None,
+        }
+    }
+
     /// Queues `job` on `who`, starting it (late by a wake-up) if idle.
     fn enqueue(&mut self, who: Who, job: Job, now: f64) {
+        if let Some(d) = self.takes_turns(who) {
+            let conn = self.reqs[job.req].conn;
+            if self.dispatchers[d].busy {
+                let t = &mut self.turns[d];
+                if self.conns[conn].queue.is_empty() && t.serving != Some(conn) {
+                    t.waiting.push_back(conn);
+                }
+                self.conns[conn].queue.push_back(job);
+                return;
+            }
+            self.turns[d].begin(conn);
+        }
         let s = self.server(who);
         if s.busy {
             s.queue.push_back(job);
@@ -601,6 +671,17 @@ impl Sim<'_> {
     fn next_on(&mut self, who: Who, now: f64) {
         let waiting_for_core = matches!(who, Who::Conn(c) if self.core_waiters.contains(&c));
         if waiting_for_core {
+            return;
+        }
+        if let Some(d) = self.takes_turns(who) {
+            let (conns, turn) = (&mut self.conns, self.run.turn);
+            match self.turns[d].next(turn, |c| !conns[c].queue.is_empty()) {
+                Some(conn) => {
+                    let job = self.conns[conn].queue.pop_front().expect("a waiting job");
+                    self.start(who, job, now);
+                }
+                None => self.dispatchers[d].busy = false,
+            }
             return;
         }
         match self.server(who).queue.pop_front() {
@@ -739,6 +820,7 @@ mod tests {
             seed: 7,
             quick: 0.0,
             placement: None,
+            turn: RAMKV_TURN,
         }
     }
 
@@ -814,6 +896,34 @@ mod tests {
         let inline = simulate(&hot("inline:8")).quantile_us(0.99).unwrap();
         assert!(lb < 1_000.0, "lb p99 {lb} us");
         assert!(inline > 100_000.0, "inline p99 {inline} us");
+    }
+
+    #[test]
+    fn a_quiet_connection_waits_for_one_turn_of_a_busy_neighbour_not_its_backlog() {
+        // One dispatcher, 1 ms requests at 1.2× its capacity, 90% of them
+        // on one connection: that connection's backlog grows all run long.
+        // The other connection's requests (10%) wait behind it for ever
+        // when the dispatcher serves first come, first served, and for at
+        // most one turn of 8 requests when it takes turns.
+        let served_within_20ms = |turn: usize| {
+            let r = Run {
+                connections: 2,
+                hot: Some((1, 0.9)),
+                duration: 2.0,
+                turn,
+                ..run(
+                    "inline:1",
+                    1_200.0,
+                    ServiceDist::Fixed(Duration::from_millis(1)),
+                )
+            };
+            let o = simulate(&r);
+            let fast = o.latencies.iter().filter(|&&l| l <= 20e6).count();
+            fast as f64 / o.latencies.len() as f64
+        };
+        let (fifo, turns) = (served_within_20ms(0), served_within_20ms(8));
+        assert!(fifo < 0.02, "first come, first served: {fifo}");
+        assert!(turns > 0.08, "in turns: {turns}");
     }
 
     #[test]

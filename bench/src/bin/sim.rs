@@ -72,6 +72,11 @@ struct Args {
     /// Runs per point (different seeds); medians with intervals, as ramkv-bench --repeat.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Requests an inline dispatcher runs for one connection before it
+    /// turns to its next connection with work, as tokio's cooperative budget
+    /// makes ramkv's do (0: one queue, first come, first served).
+    #[arg(long, default_value_t = sim::RAMKV_TURN)]
+    turn: usize,
     /// Each connection's dispatcher ("0 3 1 …", as ramkv-bench's
     /// OUT-runs.csv records it) instead of the architecture's assignment.
     #[arg(long, value_parser = parse_placement)]
@@ -136,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                         seed: args.seed + i,
                         quick: args.quick.as_nanos() as f64,
                         placement: args.placement.as_ref().map(|p| p.0.clone()),
+                        turn: args.turn,
                     };
                     sim::summary(&run, &sim::simulate(&run))
                 })
