@@ -1,7 +1,7 @@
 //! The key-value service: ramkv's first service on the runtime.
 //!
 //! A frame body is one protobuf `ramkv.v1.Request` (`proto/ramkv.proto`);
-//! the answer is one `ramkv.v1.Response` carrying the same id.
+//! the answer is one `ramkv.v1.Response` carrying the same id ([`Reply`]).
 //!
 //! - Admission ([`KvService`]'s [`Service::admit`]) decodes the request and
 //!   applies the authentication gate: on a connection that must authenticate,
@@ -14,6 +14,7 @@
 mod auth;
 mod metrics;
 pub mod ops;
+mod reply;
 pub mod store;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use ramkv_proto::{Request, Response, Status, request::Op};
 use crate::runtime::service::{Admission, EncodeError, ExecContext, Rejection, Service};
 use auth::Authenticator;
 use metrics::KvMetrics;
+pub use reply::Reply;
 use store::Store;
 
 /// The largest PUT value a dispatcher copies into the store itself (see
@@ -164,7 +166,7 @@ fn leading_id(mut frame: &[u8]) -> u64 {
 
 impl Service for KvService {
     type Request = Request;
-    type Response = Response;
+    type Response = Reply;
     type Session = Session;
     type Tag = u64;
 
@@ -176,12 +178,15 @@ impl Service for KvService {
                 let id = leading_id(&frame);
                 self.metrics.count_invalid(Status::InvalidRequest);
                 return match must_auth {
-                    true => Admission::ReplyThenClose(auth::refusal(id)),
-                    false => Admission::Reply(error_response(
-                        id,
-                        Status::InvalidRequest,
-                        format!("request does not decode as ramkv.v1.Request: {e}"),
-                    )),
+                    true => Admission::ReplyThenClose(auth::refusal(id).into()),
+                    false => Admission::Reply(
+                        error_response(
+                            id,
+                            Status::InvalidRequest,
+                            format!("request does not decode as ramkv.v1.Request: {e}"),
+                        )
+                        .into(),
+                    ),
                 };
             }
         };
@@ -190,18 +195,18 @@ impl Service for KvService {
                 true => {
                     session.authed = true;
                     self.metrics.count(&req.op, Status::Ok);
-                    Admission::Reply(error_response(req.id, Status::Ok, ""))
+                    Admission::Reply(error_response(req.id, Status::Ok, "").into())
                 }
                 false => {
                     session.authed = false;
                     self.metrics.count(&req.op, Status::Unauthenticated);
-                    Admission::ReplyThenClose(auth::wrong_token(req.id))
+                    Admission::ReplyThenClose(auth::wrong_token(req.id).into())
                 }
             };
         }
         if must_auth {
             self.metrics.count(&req.op, Status::Unauthenticated);
-            return Admission::ReplyThenClose(auth::refusal(req.id));
+            return Admission::ReplyThenClose(auth::refusal(req.id).into());
         }
         Admission::Run {
             tag: req.id,
@@ -210,13 +215,13 @@ impl Service for KvService {
         }
     }
 
-    fn execute(&self, req: Request, ctx: &ExecContext<'_>) -> Response {
+    fn execute(&self, req: Request, ctx: &ExecContext<'_>) -> Reply {
         let (id, op) = (req.id, req.op);
         let kind = metrics::op_index(op.as_ref());
-        let mut resp = ops::run(self, id, op, ctx);
-        resp.id = id;
-        self.metrics.count_index(ctx.slot, kind, resp.status);
-        resp
+        let mut reply = ops::run(self, id, op, ctx);
+        reply.set_id(id);
+        self.metrics.count_index(ctx.slot, kind, reply.status());
+        reply
     }
 
     /// Single-key reads and writes and PING: a hash, a shard lock and a
@@ -233,18 +238,18 @@ impl Service for KvService {
         }
     }
 
-    fn encode(response: &Response, out: &mut BytesMut) -> Result<(), EncodeError> {
-        ramkv_proto::encode_frame(response, out).map_err(|e| EncodeError(e.to_string()))
+    fn encode(reply: &Reply, out: &mut BytesMut) -> Result<(), EncodeError> {
+        reply.encode(out)
     }
 
-    fn reject(tag: Option<u64>, why: &Rejection) -> Response {
+    fn reject(tag: Option<u64>, why: &Rejection) -> Reply {
         let status = match why {
             Rejection::Overloaded | Rejection::TooManyConnections { .. } => Status::Overloaded,
             Rejection::Internal => Status::Internal,
             Rejection::FrameTooLarge { .. } => Status::TooLarge,
             Rejection::FrameTimeout { .. } => Status::InvalidRequest,
         };
-        error_response(tag.unwrap_or(0), status, why.to_string())
+        error_response(tag.unwrap_or(0), status, why.to_string()).into()
     }
 
     fn figures(&self, out: &mut Vec<(String, u64)>) {
@@ -277,9 +282,9 @@ mod tests {
 
     fn answer(a: Admission<KvService>) -> (Response, bool) {
         match a {
-            Admission::Reply(r) => (r, false),
-            Admission::ReplyThenClose(r) => (r, true),
-            Admission::Run { .. } => panic!("expected an answer"),
+            Admission::Reply(Reply::Message(r)) => (r, false),
+            Admission::ReplyThenClose(Reply::Message(r)) => (r, true),
+            _ => panic!("expected an answer"),
         }
     }
 

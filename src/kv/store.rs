@@ -1,5 +1,5 @@
 //! The in-memory store: a concurrent map from key bytes to (value, version),
-//! with memory accounting.
+//! with memory accounting. Each item is one heap block ([`Item`]).
 //!
 //! The map is split into many shards, each behind its own reader-writer lock,
 //! so that GETs of different keys never touch the same lock and GETs of the
@@ -17,33 +17,21 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Slot;
+use triomphe::{Arc, ThinArc};
 
 /// Bytes charged per entry on top of its key and value, so that
 /// `--max-memory` bounds what the process really holds. Measured with
-/// `bench/item-memory.sh` (16-byte keys, 100-byte values: 264 bytes of
-/// resident memory per item): the item's heap block with the allocator's
-/// header and rounding, the block's reference count (made at the write), and
-/// the 48-byte table slot at the load factor hashbrown runs at (between 7/16
-/// and 7/8 full). Set 8 bytes above that measurement, since the allocator's
-/// rounding varies with the size: within 5% at 10, 100 and 1,000-byte
-/// values. An estimate, documented as such.
-pub const ENTRY_OVERHEAD: u64 = 156;
-
-/// A stored value and the version that identifies this write of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// The value bytes, shared (not copied) with every reader.
-    pub value: Bytes,
-    /// Unique across the store and increasing with every write to the key,
-    /// so a delete-then-recreate never reuses a version a client may still
-    /// hold. Each shard numbers its own writes under its lock, with the
-    /// shard's index in the low bits, so writers share no counter.
-    pub version: u64,
-}
+/// `bench/item-memory.sh` (16-byte keys, 100-byte values, a million items):
+/// the item's block (its reference count, version, key length and slice
+/// length, then key and value) with the allocator's header and rounding,
+/// and the 8-byte table slot at the load factor hashbrown runs at (between
+/// 7/16 and 7/8 full). Set above that measurement, since the allocator's
+/// rounding varies with the size: see `bench/results/` for how close it is
+/// at 10, 100 and 1,000-byte values. An estimate, documented as such.
+pub const ENTRY_OVERHEAD: u64 = 72;
 
 /// Why a write was refused. Nothing stored is changed when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,50 +54,97 @@ pub enum StoreError {
     },
 }
 
-/// One stored item: its key and value in one heap block (`data`, key
-/// first), and its version. One block per item rather than one each for key
-/// and value, and a 48-byte table slot rather than 72 (a key handle and a
-/// value handle); readers get the value as a slice of the block, without a
-/// copy or an allocation.
-struct Item {
-    data: Bytes,
-    key_len: usize,
+/// An item's fixed part, at the front of its block.
+struct Meta {
+    /// Unique across the store and increasing with every write to the key,
+    /// so a delete-then-recreate never reuses a version a client may still
+    /// hold. Each shard numbers its own writes under its lock, with the
+    /// shard's index in the low bits, so writers share no counter.
     version: u64,
+    key_len: usize,
 }
 
+/// One stored item: a single reference-counted heap block holding its
+/// version, then its key and value, reached through an 8-byte pointer.
+///
+/// Why this shape: memory per item is what a cache is judged on. A `Bytes`
+/// for the data made a 48-byte table slot (handle, key length, version) and
+/// a separate 32-byte reference-count block; a thin pointer (triomphe's
+/// `ThinArc`, which keeps the slice length in the block) makes the slot 8
+/// bytes and the count part of the block. A reader clones the pointer (one
+/// atomic increment, as a `Bytes` clone was) and the reply is encoded from
+/// the block, so a GET copies the value once, into the reply, and
+/// allocates nothing. (A MULTI_GET wraps each item found in a `Bytes`, one
+/// small allocation per key.)
+#[derive(Clone)]
+pub struct Item(ThinArc<Meta, u8>);
+
 impl Item {
-    /// Copies `key` and `value` into one block of exactly their size; the
-    /// version is set when the write is numbered, under the shard's lock.
+    /// Copies `key` and `value` into one new block (a 32-byte header, then
+    /// exactly their bytes); the version is set when the write is numbered,
+    /// under the shard's lock.
     fn new(key: &[u8], value: &[u8]) -> Self {
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        let data = Bytes::from(data);
-        // A block made from a `Vec` gets its reference count (a small heap
-        // header) when first shared. Share it now, on the write, which
-        // allocates anyway: the first GET of an item then allocates nothing,
-        // and an item costs the same memory whether it has been read or not.
-        drop(data.clone());
-        Item {
-            data,
-            key_len: key.len(),
+        let meta = Meta {
             version: 0,
-        }
+            key_len: key.len(),
+        };
+        let len = key.len() + value.len();
+        // Zeroed, then copied into: triomphe fills a slice from an iterator
+        // only, and filling it byte by byte from the key and value would be
+        // slower than a memset and two memcpys.
+        let mut block = ThinArc::from_header_and_iter(meta, std::iter::repeat_n(0, len));
+        let filled = block.with_arc_mut(|arc| {
+            Arc::get_mut(arc).map(|b| {
+                let (k, v) = b.slice_mut().split_at_mut(key.len());
+                k.copy_from_slice(key);
+                v.copy_from_slice(value);
+            })
+        });
+        debug_assert!(filled.is_some(), "a block just made is not shared");
+        Item(block)
+    }
+
+    /// Numbers the write; called before the item is shared, so it always
+    /// has the block to itself.
+    fn set_version(&mut self, version: u64) {
+        let set = self
+            .0
+            .with_arc_mut(|arc| Arc::get_mut(arc).map(|b| b.header_mut().version = version));
+        debug_assert!(set.is_some(), "an item is numbered before it is shared");
     }
 
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len]
+        &self.0.slice[..self.0.header.header.key_len]
+    }
+
+    /// The stored value, shared with the store (not a copy).
+    pub fn value(&self) -> &[u8] {
+        &self.0.slice[self.0.header.header.key_len..]
+    }
+
+    /// The version this write of the value was given.
+    pub fn version(&self) -> u64 {
+        self.0.header.header.version
     }
 
     fn value_len(&self) -> usize {
-        self.data.len() - self.key_len
+        self.0.slice.len() - self.0.header.header.key_len
     }
+}
 
-    fn entry(&self) -> Entry {
-        Entry {
-            value: self.data.slice(self.key_len..),
-            version: self.version,
-        }
+/// The value (not the key): what a `Bytes` made from an item holds.
+impl AsRef<[u8]> for Item {
+    fn as_ref(&self) -> &[u8] {
+        self.value()
+    }
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("value_len", &self.value_len())
+            .field("version", &self.version())
+            .finish()
     }
 }
 
@@ -177,13 +212,13 @@ impl Store {
         shard.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The current value and version of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Entry> {
+    /// The current value and version of `key`, shared, not copied.
+    pub fn get(&self, key: &[u8]) -> Option<Item> {
         let hash = self.hash(key);
         self.read(hash)
             .table
             .find(hash, |item| item.key() == key)
-            .map(Item::entry)
+            .cloned()
     }
 
     /// Stores `value` under `key` and returns the new version. With
@@ -200,7 +235,7 @@ impl Store {
             .table
             .entry(hash, |i| i.key() == key, |i| self.hash(i.key()));
         let current = match &slot {
-            Slot::Occupied(o) => Some((o.get().version, o.get().value_len())),
+            Slot::Occupied(o) => Some((o.get().version(), o.get().value_len())),
             Slot::Vacant(_) => None,
         };
         if let Some(want) = expected {
@@ -221,7 +256,7 @@ impl Store {
         shard.writes += 1;
         let version =
             (shard.writes << self.shards.len().trailing_zeros()) | self.shard_index(hash) as u64;
-        item.version = version;
+        item.set_version(version);
         match slot {
             Slot::Occupied(mut o) => *o.get_mut() = item,
             Slot::Vacant(v) => {
@@ -251,7 +286,7 @@ impl Store {
         let hash = self.hash(key);
         let mut shard = self.write(hash);
         let found = shard.table.find_entry(hash, |i| i.key() == key).ok();
-        let have = found.as_ref().map_or(0, |o| o.get().version);
+        let have = found.as_ref().map_or(0, |o| o.get().version());
         if let Some(want) = expected
             && want != have
         {
@@ -262,7 +297,7 @@ impl Store {
             self.used
                 .fetch_sub(cost(key.len(), item.value_len()), Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Relaxed);
-            item.version
+            item.version()
         }))
     }
 
@@ -294,7 +329,7 @@ mod tests {
     #[test]
     fn versions_increase_and_cas_checks_them() {
         let s = Store::new(1 << 20);
-        assert_eq!(s.get(b"k"), None);
+        assert!(s.get(b"k").is_none());
         let v1 = s.put(b"k", b"a", Some(0)).unwrap();
         assert_eq!(
             s.put(b"k", b"b", Some(0)),
@@ -302,7 +337,7 @@ mod tests {
         );
         let v2 = s.put(b"k", b"b", Some(v1)).unwrap();
         assert!(v2 > v1);
-        assert_eq!(s.get(b"k").unwrap().value, Bytes::from_static(b"b"));
+        assert_eq!(s.get(b"k").unwrap().value(), b"b");
         assert_eq!(
             s.delete(b"k", Some(v1)),
             Err(StoreError::VersionMismatch { current: v2 })
@@ -331,8 +366,8 @@ mod tests {
         }
         assert_eq!(s.len(), 10_000);
         for i in 0..20_000u32 {
-            let got = s.get(&i.to_le_bytes()).map(|e| e.value);
-            let want = (i % 2 == 1).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
+            let got = s.get(&i.to_le_bytes()).map(|e| e.value().to_vec());
+            let want = (i % 2 == 1).then(|| i.to_be_bytes().to_vec());
             assert_eq!(got, want, "key {i}");
         }
     }
@@ -344,7 +379,7 @@ mod tests {
         for round in 0..3u32 {
             for i in 0..2_000u32 {
                 let key = i.to_le_bytes();
-                let before = s.get(&key).map_or(0, |e| e.version);
+                let before = s.get(&key).map_or(0, |e| e.version());
                 if round == 1 && i % 2 == 0 {
                     s.delete(&key, None).unwrap();
                 }
@@ -378,7 +413,7 @@ mod tests {
         ));
         s.put(b"b", &[2; 150], None).unwrap();
         assert_eq!(s.memory_used(), limit);
-        assert_eq!(s.get(b"a").unwrap().value.len(), 50);
+        assert_eq!(s.get(b"a").unwrap().value().len(), 50);
         // Deleting frees all of it.
         s.delete(b"a", None).unwrap();
         s.delete(b"b", None).unwrap();

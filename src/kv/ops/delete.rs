@@ -12,7 +12,7 @@ pub(super) fn run(svc: &KvService, d: pb::Delete) -> Outcome {
     check_key(svc, &d.key)?;
     match svc.store.delete(&d.key, d.expected_version) {
         Ok(Some(version)) => ok(Res::Delete(pb::DeleteResult { version })),
-        Ok(None) => Ok(error_response(0, Status::NotFound, "")),
+        Ok(None) => Ok(error_response(0, Status::NotFound, "").into()),
         Err(StoreError::VersionMismatch { current }) => version_mismatch(
             d.expected_version,
             current,

@@ -13,17 +13,17 @@ mod stats;
 
 use ramkv_proto::{Response, Status, request::Op, response::Result as Res};
 
-use super::{KvService, error_response};
+use super::{KvService, Reply, error_response};
 use crate::runtime::service::ExecContext;
 
 /// A refused request: the status and message of its answer.
 pub struct Reject(pub Status, pub String);
 
 /// What an op produces: its response, or why it was refused.
-pub type Outcome = Result<Response, Reject>;
+pub type Outcome = Result<Reply, Reject>;
 
 /// Runs one request. The id is set on the response by the caller.
-pub(super) fn run(svc: &KvService, id: u64, op: Option<Op>, ctx: &ExecContext<'_>) -> Response {
+pub(super) fn run(svc: &KvService, id: u64, op: Option<Op>, ctx: &ExecContext<'_>) -> Reply {
     let outcome = match op {
         None => Err(Reject(
             Status::InvalidRequest,
@@ -38,9 +38,9 @@ pub(super) fn run(svc: &KvService, id: u64, op: Option<Op>, ctx: &ExecContext<'_
         Some(Op::Stats(_)) => stats::run(svc, ctx),
         Some(Op::Spin(s)) => spin::run(svc, s),
         // Admission answers AUTH itself; one that arrives here is harmless.
-        Some(Op::Auth(_)) => Ok(error_response(id, Status::Ok, "")),
+        Some(Op::Auth(_)) => Ok(error_response(id, Status::Ok, "").into()),
     };
-    outcome.unwrap_or_else(|Reject(status, message)| error_response(id, status, message))
+    outcome.unwrap_or_else(|Reject(status, message)| error_response(id, status, message).into())
 }
 
 /// A successful response carrying `result`.
@@ -50,7 +50,8 @@ fn ok(result: Res) -> Outcome {
         status: Status::Ok as i32,
         message: String::new(),
         result: Some(result),
-    })
+    }
+    .into())
 }
 
 /// A key must be non-empty and within `--max-key`.
@@ -100,5 +101,6 @@ fn version_mismatch(expected: Option<u64>, current: u64, result: Res) -> Outcome
             expected.unwrap_or(0)
         ),
         result: Some(result),
-    })
+    }
+    .into())
 }

@@ -30,10 +30,12 @@ pub(super) fn run(svc: &KvService, m: pb::MultiGet) -> Outcome {
     let mut size = ENVELOPE;
     for key in &m.keys {
         let item = match svc.store.get(key) {
-            Some(e) => pb::MultiGetItem {
+            // The value shared with the store, not copied: the handle holds
+            // the item's block until the reply is encoded.
+            Some(item) => pb::MultiGetItem {
                 found: true,
-                value: e.value,
-                version: e.version,
+                version: item.version(),
+                value: Bytes::from_owner(item),
             },
             None => pb::MultiGetItem {
                 found: false,
@@ -58,5 +60,5 @@ pub(super) fn run(svc: &KvService, m: pb::MultiGet) -> Outcome {
     if ramkv_proto::frame_len(&resp) + 10 > limit {
         return Err(too_large());
     }
-    Ok(resp)
+    Ok(resp.into())
 }

@@ -28,7 +28,8 @@ pub(super) fn run(svc: &KvService, m: pb::MultiPut) -> Outcome {
                         m.entries.len()
                     ),
                     result: Some(Res::MultiPut(pb::MultiPutResult { versions })),
-                });
+                }
+                .into());
             }
         }
     }
