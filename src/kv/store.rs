@@ -89,9 +89,9 @@ impl Item {
             key_len: key.len(),
         };
         let len = key.len() + value.len();
-        // Zeroed, then copied into: triomphe fills a slice from an iterator
-        // only, and filling it byte by byte from the key and value would be
-        // slower than a memset and two memcpys.
+        // Zeroed, then copied into: triomphe fills a slice only from an
+        // iterator, so the key and value go in with two `copy_from_slice`
+        // (memcpy) rather than byte by byte.
         let mut block = ThinArc::from_header_and_iter(meta, std::iter::repeat_n(0, len));
         let filled = block.with_arc_mut(|arc| {
             Arc::get_mut(arc).map(|b| {
