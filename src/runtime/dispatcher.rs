@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -205,7 +205,7 @@ fn start_connection<S: Service>(
     let sink = Arc::new(ReplySink::default());
     let registered = shared.rosters[index].add(sink.clone(), peer);
     tracker.spawn(async move {
-        let _guards = (
+        let guards = (
             OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index)),
             registered,
         );
@@ -218,6 +218,7 @@ fn start_connection<S: Service>(
             }
         };
         if let Err(e) = result {
+            let peer = guards.1.peer();
             tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
         }
     });
@@ -384,7 +385,9 @@ async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         now = Instant::now();
         round_start = now;
     }
-    close_gracefully(io, &mut timer, limits.linger).await
+    // Boxed: once per connection, and inline its state would sit in every
+    // connection's task.
+    Box::pin(close_gracefully(io, &mut timer, limits.linger)).await
 }
 
 /// Reads into `framer` (see [`Framer::poll_fill`]): an idle connection
@@ -404,29 +407,67 @@ async fn read_into<IO: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `buf` whole, within `limit` in all. The first attempt needs no
-/// timer: a reply that fits the socket's buffer, the common case, costs no
-/// clock read and no timer; only a write that would block arms the
-/// connection's timer for its deadline.
+/// Writes `buf` whole, within `limit` in all. What the socket takes at once,
+/// the common case, is written with no future kept, no clock read and no
+/// timer; only a write that would block arms the connection's timer, in a
+/// boxed future: its state would otherwise sit in every connection's task
+/// (a third of it, idle or not).
 async fn write_all<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     buf: &[u8],
     timer: &mut ConnTimer,
     limit: Duration,
 ) -> io::Result<()> {
-    // The flush matters for TLS: a write that would block can leave the last
-    // records buffered inside rustls; for TCP it is free.
+    let mut written = 0;
+    let done = std::future::poll_fn(|cx| {
+        Poll::Ready(write_now(Pin::new(&mut *io), cx, buf, &mut written))
+    })
+    .await?;
+    if done {
+        return Ok(());
+    }
+    Box::pin(write_within(io, &buf[written..], timer, limit)).await
+}
+
+/// Writes and flushes as much of `buf` as the socket takes now, counting it
+/// in `written`; true when all of it went out. The flush matters for TLS: a
+/// write can leave the last records buffered inside rustls; for TCP it is
+/// free.
+fn write_now<IO: AsyncWrite>(
+    mut io: Pin<&mut IO>,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    written: &mut usize,
+) -> io::Result<bool> {
+    while *written < buf.len() {
+        match io.as_mut().poll_write(cx, &buf[*written..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(false),
+        }
+    }
+    match io.poll_flush(cx) {
+        Poll::Ready(r) => r.map(|()| true),
+        Poll::Pending => Ok(false),
+    }
+}
+
+/// The rest of [`write_all`], once the socket is full: waits for it to
+/// drain, failing when `limit` passes first.
+async fn write_within<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    buf: &[u8],
+    timer: &mut ConnTimer,
+    limit: Duration,
+) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    timer.arm(deadline);
     let write = async {
         io.write_all(buf).await?;
         io.flush().await
     };
     let mut write = std::pin::pin!(write);
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    if let Poll::Ready(result) = first {
-        return result;
-    }
-    let deadline = Instant::now() + limit;
-    timer.arm(deadline);
     loop {
         tokio::select! {
             biased;

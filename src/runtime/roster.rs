@@ -91,6 +91,14 @@ impl<H> Roster<H> {
 /// connection ends.
 pub struct RosterGuard<H>(Arc<Roster<H>>, u64);
 
+impl<H> RosterGuard<H> {
+    /// The connection's peer, looked up in the roster (for logs, off the
+    /// hot path): the connection's task need not carry a copy.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.0.lock().conns.get(&self.1).and_then(|e| e.peer)
+    }
+}
+
 impl<H> Drop for RosterGuard<H> {
     fn drop(&mut self) {
         self.0.lock().conns.remove(&self.1);
