@@ -4,8 +4,8 @@
 //! **What is modelled.** Requests arrive open-loop (Poisson) on connections,
 //! with ramkv-bench's skew knob (`K` hot connections carry a fraction `F` of
 //! the load), and need a service time drawn from a distribution (or a file
-//! of measured times). Each architecture is a set of servers, each serving
-//! its queue first come, first served, one request at a time:
+//! of measured times). Each architecture is a set of servers, each running
+//! one request at a time, first come, first served unless said below:
 //!
 //! - `inline:N` (`single` is `inline:1`): N dispatchers; a connection
 //!   belongs to one, which reads, runs and answers its requests. A

@@ -14,7 +14,8 @@ use ramkv_proto::{HEADER_LEN, Response, Status};
 use super::store::Item;
 use crate::runtime::service::EncodeError;
 
-/// `Response.result`'s `get` field and `GetResult`'s fields (proto/ramkv.proto).
+/// Field numbers (proto/ramkv.proto): `Response.id`, `Response.result`'s
+/// `get`, and `GetResult`'s `value` and `version`.
 const RESPONSE_ID: u32 = 1;
 const RESPONSE_GET: u32 = 4;
 const GET_VALUE: u32 = 1;

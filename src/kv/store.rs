@@ -89,9 +89,10 @@ impl Item {
             key_len: key.len(),
         };
         let len = key.len() + value.len();
-        // Zeroed, then copied into: triomphe fills a slice only from an
-        // iterator, so the key and value go in with two `copy_from_slice`
-        // (memcpy) rather than byte by byte.
+        // Zeroed, then copied into: triomphe's safe constructors take one
+        // slice or an iterator, and key and value are two slices; this way
+        // they go in with two `copy_from_slice` (memcpy), not byte by byte.
+        // Skipping the zero fill would need `unsafe`.
         let mut block = ThinArc::from_header_and_iter(meta, std::iter::repeat_n(0, len));
         let filled = block.with_arc_mut(|arc| {
             Arc::get_mut(arc).map(|b| {
