@@ -23,9 +23,9 @@ use super::conn::{Conn, Timer};
 use super::exec::{Exec, Round};
 use super::frame::{Framer, RequestBudget};
 use super::listen::{Inbox, Listener};
-use super::metrics::{DispatcherStats, Metrics};
+use super::metrics::Metrics;
 use super::reply::ReplySink;
-use super::roster::Roster;
+use super::roster::{Roster, RosterGuard};
 use super::service::{ExecContext, Rejection, Service};
 use super::thread::Threads;
 use super::tls::Handshakes;
@@ -150,13 +150,33 @@ async fn run<S: Service>(
     Ok(())
 }
 
-/// Decrements the open-connection counts when a connection task ends, however it ends.
-struct OpenGuard<'a>(&'a AtomicUsize, &'a DispatcherStats);
+/// What a connection's task owns besides its socket and reply sink: the
+/// shared state, its dispatcher, and its place in the roster. Dropped
+/// however the task ends, it takes the connection out of the open counts
+/// and the roster.
+struct ConnTask<S: Service> {
+    shared: Arc<Shared<S>>,
+    index: usize,
+    registered: RosterGuard<Arc<ReplySink>>,
+}
 
-impl Drop for OpenGuard<'_> {
+impl<S: Service> ConnTask<S> {
+    /// Logs how the connection ended, if in error; the peer is looked up
+    /// in the roster, so the task carries no copy of it.
+    fn ended(&self, result: io::Result<()>) {
+        if let Err(e) = result {
+            let peer = self.registered.peer();
+            let index = self.index;
+            tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+impl<S: Service> Drop for ConnTask<S> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-        self.1.connections_open.fetch_sub(1, Relaxed);
+        self.shared.open_connections.fetch_sub(1, Relaxed);
+        let stats = self.shared.metrics.dispatcher(self.index);
+        stats.connections_open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -184,7 +204,7 @@ fn start_connection<S: Service>(
                     let mut timer = ConnTimer::new();
                     let wrote = write_all(&mut stream, &frame, &mut timer, limits.write_timeout);
                     if wrote.await.is_ok() {
-                        let _ = close_gracefully(stream, &mut timer, limits.linger).await;
+                        let _ = close_gracefully(&mut stream, &mut timer, limits.linger).await;
                     }
                 });
             }
@@ -200,28 +220,44 @@ fn start_connection<S: Service>(
     stats.connections_total.fetch_add(1, Relaxed);
     stats.connections_open.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
-    let shared = shared.clone();
     // Registered now, not when the task first runs: shutdown may come first.
     let sink = Arc::new(ReplySink::default());
-    let registered = shared.rosters[index].add(sink.clone(), peer);
-    tracker.spawn(async move {
-        let guards = (
-            OpenGuard(&shared.open_connections, shared.metrics.dispatcher(index)),
-            registered,
-        );
-        let result = match &shared.tls {
-            None => serve(stream, index, &shared, sink).await,
-            // Boxed: a handshake and a TLS stream are large, and inline they
-            // would make every plain connection's task as large.
-            Some(handshakes) => {
-                Box::pin(serve_tls(handshakes, stream, index, &shared, sink)).await
-            }
-        };
-        if let Err(e) = result {
-            let peer = guards.1.peer();
-            tracing::debug!(dispatcher = index, ?peer, error = %e, "connection ended with an error");
+    let task = ConnTask {
+        shared: shared.clone(),
+        index,
+        registered: shared.rosters[index].add(sink.clone(), peer),
+    };
+    match &shared.tls {
+        None => {
+            tracker.spawn(serve_plain(stream, task, sink));
         }
-    });
+        Some(handshakes) => {
+            let handshakes = handshakes.clone();
+            tracker.spawn(async move {
+                // Boxed: a handshake and a TLS stream are large, and inline
+                // they would make every plain connection's task as large.
+                let result = Box::pin(serve_tls(&handshakes, stream, &task, sink)).await;
+                task.ended(result);
+            });
+        }
+    }
+}
+
+/// A plain TCP connection's whole task. Not an `async fn`, which would keep
+/// its arguments twice (as arguments and as locals); and [`serve`] borrows
+/// the socket, so the task holds it once. Every byte here is paid by every
+/// idle connection.
+// An `async fn` would keep its arguments twice in every connection's task.
+#[allow(clippy::manual_async_fn)]
+fn serve_plain<S: Service>(
+    mut stream: TcpStream,
+    task: ConnTask<S>,
+    sink: Arc<ReplySink>,
+) -> impl Future<Output = ()> {
+    async move {
+        let result = serve(&mut stream, &task, sink).await;
+        task.ended(result);
+    }
 }
 
 /// Serves a TLS connection: its handshake (on the handshake threads), then
@@ -230,12 +266,12 @@ fn start_connection<S: Service>(
 async fn serve_tls<S: Service>(
     handshakes: &Handshakes,
     stream: TcpStream,
-    index: usize,
-    shared: &Shared<S>,
+    task: &ConnTask<S>,
     sink: Arc<ReplySink>,
 ) -> io::Result<()> {
+    let shared = &task.shared;
     tokio::select! {
-        tls = handshakes.accept(stream, shared.limits.frame_timeout) => serve(tls?, index, shared, sink).await,
+        tls = handshakes.accept(stream, shared.limits.frame_timeout) => serve(&mut tls?, task, sink).await,
         _ = shared.shutdown.cancelled() => Ok(()),
     }
 }
@@ -283,111 +319,115 @@ impl ConnTimer {
 }
 
 /// Serves one connection until it is finished, then closes it gracefully.
-async fn serve<S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
-    mut io: IO,
-    index: usize,
-    shared: &Shared<S>,
+// An `async fn` would keep its arguments twice in every connection's task.
+#[allow(clippy::manual_async_fn)]
+fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &'a mut IO,
+    task: &'a ConnTask<S>,
     sink: Arc<ReplySink>,
-) -> io::Result<()> {
-    let limits = &shared.limits;
-    let stats = shared.metrics.dispatcher(index);
-    let mut conn =
-        Conn::<S>::with_sink(limits, shared.budget.clone(), Instant::now(), sink.clone());
-    let runtime = |out: &mut Vec<(String, u64)>| shared.figures.collect(out);
-    let mut wbuf = BytesMut::new();
-    let mut timer = ConnTimer::new();
-    // Bytes the last wait read: stamped as activity with the clock reading
-    // taken when the wait is over (not the one before it, which may be long
-    // past after an idle spell).
-    let mut just_read = 0usize;
-    // One clock reading per wake-up serves the whole round (admission, the
-    // frame clock, queueing timestamps); requests run here move the round's
-    // clock on (see `Round`); one more after a write, and one before waiting
-    // when requests were handed off, count the round's busy time.
-    let mut now = Instant::now();
-    let mut round_start = now;
-    loop {
-        // Shutdown: stop admitting; what was read is still answered.
-        if sink.take_stop() {
-            conn.shutdown();
-        }
-        conn.on_read(std::mem::take(&mut just_read), now);
-        let round = Round::new(now);
-        let more = conn.admit(&*shared.service, limits, now, |req, responder| {
-            // Built here, not held across an await: it is not Send.
-            let ctx = ExecContext {
-                slot: shared.exec_base + index,
-                runtime: &runtime,
+) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let (shared, index) = (&*task.shared, task.index);
+        let limits = &shared.limits;
+        let stats = shared.metrics.dispatcher(index);
+        let mut conn =
+            Conn::<S>::with_sink(limits, shared.budget.clone(), Instant::now(), sink.clone());
+        let runtime = |out: &mut Vec<(String, u64)>| shared.figures.collect(out);
+        let mut wbuf = BytesMut::new();
+        let mut timer = ConnTimer::new();
+        // Bytes the last wait read: stamped as activity with the clock reading
+        // taken when the wait is over (not the one before it, which may be long
+        // past after an idle spell).
+        let mut just_read = 0usize;
+        // One clock reading per wake-up serves the whole round (admission, the
+        // frame clock, queueing timestamps); requests run here move the round's
+        // clock on (see `Round`); one more after a write, and one before waiting
+        // when requests were handed off, count the round's busy time.
+        let mut now = Instant::now();
+        let mut round_start = now;
+        loop {
+            // Shutdown: stop admitting; what was read is still answered.
+            if sink.take_stop() {
+                conn.shutdown();
+            }
+            conn.on_read(std::mem::take(&mut just_read), now);
+            let round = Round::new(now);
+            let more = conn.admit(&*shared.service, limits, now, |req, responder| {
+                // Built here, not held across an await: it is not Send.
+                let ctx = ExecContext {
+                    slot: shared.exec_base + index,
+                    runtime: &runtime,
+                };
+                let svc = &*shared.service;
+                shared
+                    .exec
+                    .submit(svc, &shared.metrics, &ctx, req, responder, &round)
+            });
+            // Requests run here may have taken long: a reply is activity from
+            // when the last one ended.
+            if conn.take_replies(&mut wbuf, round.now()) > 0 {
+                stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
+                write_all(&mut *io, &wbuf, &mut timer, limits.write_timeout).await?;
+                wbuf.clear();
+                // The write may have taken long: what follows is timed from its end.
+                now = Instant::now();
+                conn.on_written(now);
+                continue;
+            }
+            if more {
+                now = round.now();
+                continue;
+            }
+            if conn.finished() {
+                break;
+            }
+            // Requests handed off cost decoding and the hand-off: busy time.
+            // Otherwise `now` is recent enough (it was read after the last
+            // write or wake-up, and only bookkeeping has run since).
+            let waiting_from = if round.submitted() {
+                Instant::now()
+            } else {
+                now
             };
-            let svc = &*shared.service;
-            shared
-                .exec
-                .submit(svc, &shared.metrics, &ctx, req, responder, &round)
-        });
-        // Requests run here may have taken long: a reply is activity from
-        // when the last one ended.
-        if conn.take_replies(&mut wbuf, round.now()) > 0 {
-            stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-            write_all(&mut io, &wbuf, &mut timer, limits.write_timeout).await?;
-            wbuf.clear();
-            // The write may have taken long: what follows is timed from its end.
-            now = Instant::now();
-            conn.on_written(now);
-            continue;
-        }
-        if more {
-            now = round.now();
-            continue;
-        }
-        if conn.finished() {
-            break;
-        }
-        // Requests handed off cost decoding and the hand-off: busy time.
-        // Otherwise `now` is recent enough (it was read after the last
-        // write or wake-up, and only bookkeeping has run since).
-        let waiting_from = if round.submitted() {
-            Instant::now()
-        } else {
-            now
-        };
-        stats
-            .busy_ns
-            .fetch_add((waiting_from - round_start).as_nanos() as u64, Relaxed);
-        let deadline = conn.deadline(limits);
-        if let Some((at, _)) = deadline {
-            timer.arm(at);
-        }
-        conn.settle();
-        let input = conn.input(limits);
-        let reading = input.is_some();
-        // The sink comes first, and with it shutdown: a client that never
-        // stops sending would otherwise keep the read branch ready and be
-        // served on.
-        tokio::select! {
-            biased;
-            _ = sink.ready() => {}
-            r = read_into(&mut io, input), if reading => match r? {
-                0 => conn.on_eof(),
-                n => {
-                    stats.bytes_in.fetch_add(n as u64, Relaxed);
-                    just_read = n;
-                }
-            },
-            _ = &mut timer.sleep, if deadline.is_some() => {
-                if timer.fired(deadline.map_or(waiting_from, |(at, _)| at)) {
-                    conn.on_deadline(limits, Instant::now());
-                    if let Some((_, Timer::Idle)) = deadline {
-                        tracing::debug!(dispatcher = index, "closing an idle connection");
+            stats
+                .busy_ns
+                .fetch_add((waiting_from - round_start).as_nanos() as u64, Relaxed);
+            let deadline = conn.deadline(limits);
+            if let Some((at, _)) = deadline {
+                timer.arm(at);
+            }
+            conn.settle();
+            let input = conn.input(limits);
+            let reading = input.is_some();
+            // The sink comes first, and with it shutdown: a client that never
+            // stops sending would otherwise keep the read branch ready and be
+            // served on.
+            tokio::select! {
+                biased;
+                _ = sink.ready() => {}
+                r = read_into(&mut *io, input), if reading => match r? {
+                    0 => conn.on_eof(),
+                    n => {
+                        stats.bytes_in.fetch_add(n as u64, Relaxed);
+                        just_read = n;
                     }
-                }
-            },
+                },
+                _ = &mut timer.sleep, if deadline.is_some() => {
+                    if timer.fired(deadline.map_or(waiting_from, |(at, _)| at)) {
+                        conn.on_deadline(limits, Instant::now());
+                        if let Some((_, Timer::Idle)) = deadline {
+                            tracing::debug!(dispatcher = index, "closing an idle connection");
+                        }
+                    }
+                },
+            }
+            now = Instant::now();
+            round_start = now;
         }
-        now = Instant::now();
-        round_start = now;
+        // Boxed: once per connection, and inline its state would sit in every
+        // connection's task.
+        Box::pin(close_gracefully(io, &mut timer, limits.linger)).await
     }
-    // Boxed: once per connection, and inline its state would sit in every
-    // connection's task.
-    Box::pin(close_gracefully(io, &mut timer, limits.linger)).await
 }
 
 /// Reads into `framer` (see [`Framer::poll_fill`]): an idle connection
@@ -412,21 +452,25 @@ async fn read_into<IO: AsyncRead + Unpin>(
 /// timer; only a write that would block arms the connection's timer, in a
 /// boxed future: its state would otherwise sit in every connection's task
 /// (a third of it, idle or not).
-async fn write_all<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    buf: &[u8],
-    timer: &mut ConnTimer,
+// An `async fn` would keep its arguments twice in every connection's task.
+#[allow(clippy::manual_async_fn)]
+fn write_all<'a, IO: AsyncWrite + Unpin>(
+    io: &'a mut IO,
+    buf: &'a [u8],
+    timer: &'a mut ConnTimer,
     limit: Duration,
-) -> io::Result<()> {
-    let mut written = 0;
-    let done = std::future::poll_fn(|cx| {
-        Poll::Ready(write_now(Pin::new(&mut *io), cx, buf, &mut written))
-    })
-    .await?;
-    if done {
-        return Ok(());
+) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let mut written = 0;
+        let done = std::future::poll_fn(|cx| {
+            Poll::Ready(write_now(Pin::new(&mut *io), cx, buf, &mut written))
+        })
+        .await?;
+        if done {
+            return Ok(());
+        }
+        Box::pin(write_within(io, &buf[written..], timer, limit)).await
     }
-    Box::pin(write_within(io, &buf[written..], timer, limit)).await
 }
 
 /// Writes and flushes as much of `buf` as the socket takes now, counting it
@@ -488,7 +532,7 @@ async fn write_within<IO: AsyncWrite + Unpin>(
 /// yet; draining first makes the close a FIN. Timed by the connection's own
 /// timer, so the connection's task carries no second one.
 async fn close_gracefully<IO: AsyncRead + AsyncWrite + Unpin>(
-    mut io: IO,
+    io: &mut IO,
     timer: &mut ConnTimer,
     linger: Duration,
 ) -> io::Result<()> {
