@@ -233,10 +233,10 @@ fn start_connection<S: Service>(
         }
         Some(handshakes) => {
             let handshakes = handshakes.clone();
+            // A task of its own type: a handshake and a TLS stream (some
+            // kilobytes) never enlarge a plain connection's task.
             tracker.spawn(async move {
-                // Boxed: a handshake and a TLS stream are large, and inline
-                // they would make every plain connection's task as large.
-                let result = Box::pin(serve_tls(&handshakes, stream, &task, sink)).await;
+                let result = serve_tls(&handshakes, stream, &task, sink).await;
                 task.ended(result);
             });
         }
@@ -247,7 +247,6 @@ fn start_connection<S: Service>(
 /// its arguments twice (as arguments and as locals); and [`serve`] borrows
 /// the socket, so the task holds it once. Every byte here is paid by every
 /// idle connection.
-// An `async fn` would keep its arguments twice in every connection's task.
 #[allow(clippy::manual_async_fn)]
 fn serve_plain<S: Service>(
     mut stream: TcpStream,
