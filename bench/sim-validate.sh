@@ -44,29 +44,45 @@ cap_of() { case "$1" in *-8|*-8-*) echo "$cap8" ;; *) echo "$cap16" ;; esac; }
 column() { awk -F, -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == n) c = i; next } { print $c }' "$1"; }
 # Whether a sweep's per-run file recorded the dispatchers (ramkv-bench --admin).
 placed() { [ -f "$1" ] && column "$1" placement | grep -q '[0-9]'; }
+# Each measured system, as "WORKLOAD SYSTEM".
+mapfile -t systems < <(
+  for csv in "$src"/{hot,bimodal}/*.csv; do
+    case "$csv" in *-runs.csv) ;; *) echo "$(basename "$(dirname "$csv")") $(basename "$csv" .csv)" ;; esac
+  done)
+# Sets `sim` to the ramkv-sim command for workload $1, system $2, and any
+# further flags: the measured runs' workload, window and calibration.
+sim_of() {
+  local wl=$1 sys=$2 hot=()
+  shift 2
+  [ "$wl" = hot ] && hot=(--hot-conns "$hot_share")
+  sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
+    --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s "$@")
+}
+# A placed system's measured runs, as "RATE;RUN;PLACEMENT".
+runs_of() { paste -d';' <(column "$1" offered_rate) <(column "$1" run) <(column "$1" placement); }
+# Sets `at` to ramkv-sim's --placement for a recorded placement; a run that
+# could not record every connection's dispatcher gets a random draw instead.
+placement_of() {
+  at=(--placement "$1")
+  if [[ $1 == *-* ]]; then at=(); fi
+}
 
 # Simulates every measured system into directory $1, with any extra
 # ramkv-sim flags after it.
 simulate() {
   local out=$1; shift
   mkdir -p "$out"
-for wl in hot bimodal; do
-  for csv in "$src/$wl"/*.csv; do
-    sys=$(basename "$csv" .csv)
-    case "$sys" in *-runs) continue ;; esac
-    hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$hot_share")
-    sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
-      --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s "$@")
+  for ws in "${systems[@]}"; do
+    read -r wl sys <<< "$ws"
+    sim_of "$wl" "$sys" "$@"
     runs="$src/$wl/$sys-runs.csv"
     if [[ $sys == inline-* ]] && placed "$runs"; then
       # Each measured run replayed with the dispatchers its connections
       # really had; the point is the median of those runs, as measured.
       mkdir -p "$out/placed"
-      paste -d';' <(column "$runs" offered_rate) <(column "$runs" run) <(column "$runs" placement) |
+      runs_of "$runs" |
         while IFS=';' read -r rate run placement; do
-          # A run that could not record every connection's dispatcher is
-          # replayed with a random draw instead.
-          at=(--placement "$placement"); [[ $placement == *-* ]] && at=()
+          placement_of "$placement"
           "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((run + 1)) \
             --out "$out/placed/$wl-r$rate-n$run" >/dev/null
           rm -f "$out/placed/$wl-r$rate-n$run.svg"
@@ -95,12 +111,11 @@ with open(dest + ".csv", "w") as o:
                 f"{med(3):.2f},{min(col(3)):.2f},{max(col(3)):.2f},{med(4):.2f},{len(at)}\n")
 PY
     else
-      rates=$(column "$csv" offered_rate | paste -sd,)
+      rates=$(column "$src/$wl/$sys.csv" offered_rate | paste -sd,)
       "${sim[@]}" --sweep "$rates" --repeat "$REPEATS" --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
       rm -f "$out/$wl.svg"
     fi
   done
-done
 # Each replay's own files are summed up in $out/*-runs.csv.
 rm -rf "$out/placed"
 }
@@ -113,30 +128,26 @@ rm -rf "$out/placed"
 spread() {
   local out=$1 tmp=$1/spread
   mkdir -p "$tmp"
-  for wl in hot bimodal; do
-    for csv in "$src/$wl"/*.csv; do
-      sys=$(basename "$csv" .csv)
-      case "$sys" in *-runs) continue ;; esac
-      hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$hot_share")
-      sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
-        --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s)
-      runs="$src/$wl/$sys-runs.csv"
-      if [[ $sys == inline-* ]] && placed "$runs"; then
-        paste -d';' <(column "$runs" offered_rate) <(column "$runs" run) <(column "$runs" placement) |
-          while IFS=';' read -r rate run placement; do
-            at=(--placement "$placement"); [[ $placement == *-* ]] && at=()
-            for seed in $(seq 1 "$SEEDS"); do
-              "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((1000 * (run + 1) + seed)) \
-                --out "$tmp/$wl-$run-r$rate-$seed" >/dev/null
-            done
+  for ws in "${systems[@]}"; do
+    read -r wl sys <<< "$ws"
+    sim_of "$wl" "$sys"
+    runs="$src/$wl/$sys-runs.csv"
+    if [[ $sys == inline-* ]] && placed "$runs"; then
+      runs_of "$runs" |
+        while IFS=';' read -r rate run placement; do
+          placement_of "$placement"
+          for seed in $(seq 1 "$SEEDS"); do
+            "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((1000 * (run + 1) + seed)) \
+              --out "$tmp/$wl-$run-r$rate-$seed" >/dev/null
           done
-      else
-        rates=$(column "$csv" offered_rate | paste -sd,)
-        for seed in $(seq 1 "$SEEDS"); do
-          "${sim[@]}" --sweep "$rates" --seed $((1000 + seed)) --out "$tmp/$wl---$seed" >/dev/null
         done
-      fi
-      python3 - "$tmp" "$wl" "$sys" "$out/$wl-$sys-spread.csv" <<'PY'
+    else
+      rates=$(column "$src/$wl/$sys.csv" offered_rate | paste -sd,)
+      for seed in $(seq 1 "$SEEDS"); do
+        "${sim[@]}" --sweep "$rates" --seed $((1000 + seed)) --out "$tmp/$wl---$seed" >/dev/null
+      done
+    fi
+    python3 - "$tmp" "$wl" "$sys" "$out/$wl-$sys-spread.csv" <<'PY'
 import csv, glob, os, sys
 d, wl, sys_, dest = sys.argv[1:]
 seen = {}
@@ -151,8 +162,7 @@ with open(dest, "w") as o:
         o.write(f"{rate:.1f},{run},{min(x[0] for x in v):.2f},{max(x[0] for x in v):.2f},"
                 f"{min(x[1] for x in v):.2f},{max(x[1] for x in v):.2f},{len(v)}\n")
 PY
-      rm -f "$tmp"/*
-    done
+    rm -f "$tmp"/*
   done
   rmdir "$tmp"
 }

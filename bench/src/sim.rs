@@ -674,7 +674,7 @@ impl Sim<'_> {
             return;
         }
         if let Some(d) = self.takes_turns(who) {
-            let (conns, turn) = (&mut self.conns, self.run.turn);
+            let (conns, turn) = (&self.conns, self.run.turn);
             match self.turns[d].next(turn, |c| !conns[c].queue.is_empty()) {
                 Some(conn) => {
                     let job = self.conns[conn].queue.pop_front().expect("a waiting job");
