@@ -122,8 +122,35 @@ measure_instructions() {
   for _ in $(seq 100); do [ -s "$dump" ] && break; sleep 0.1; done
   wait "$load_pid" || true
   stop_system
-  awk -v r=$((r1 - r0)) '/^(summary|totals):/ { ir = $2 } END { if (r > 0 && ir > 0) printf "%.0f", ir / r; else print "n/a" }' "$dump"
+  instructions_per_request "$dump" $((r1 - r0))
   [ -n "${KEEP_DUMPS:-}" ] || rm -f "$file".*[0-9]
+}
+
+# Instructions in callgrind dump $1 per request. Requests are counted in the
+# dump itself where a function runs once per request and is not inlined (a
+# ramkv service's admit, or ramkv::wire::decode_request in servers built
+# before the runtime rewrite, for A/B runs; Redis's processCommand): then the
+# count covers
+# exactly the instructions' window. Otherwise (memcached's binary has no
+# symbols) the server's counter over the window, $2, is used; callgrind_control
+# takes a moment to switch collection on and off under load, so that count
+# can be a few percent off.
+instructions_per_request() {
+  awk -v r="$2" '
+    match($0, /^c?fn=\([0-9]+\)/) {
+      id = substr($0, 1, RLENGTH); sub(/^c?fn=/, "", id)
+      if (length($0) > RLENGTH + 1) name[id] = substr($0, RLENGTH + 2)
+      if ($0 ~ /^cfn=/) callee = name[id]
+      next
+    }
+    /^calls=/ && (callee ~ /Service>::admit$|^ramkv::wire::decode_request$/ || callee == "processCommand") {
+      split($1, c, "="); calls += c[2]
+    }
+    /^(summary|totals):/ { ir = $2 }
+    END {
+      n = calls > 0 ? calls : r
+      if (n > 0 && ir > 0) printf "%.0f", ir / n; else print "n/a"
+    }' "$1"
 }
 
 {
