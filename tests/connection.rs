@@ -165,6 +165,37 @@ fn a_length_prefix_followed_by_silence_is_timed_out() {
 }
 
 #[test]
+fn a_partial_frame_left_behind_a_paused_batch_is_timed_out() {
+    // Five requests and two bytes of a sixth arrive at once, with at most
+    // two in flight: admission pauses, resumes after each write, and then
+    // only the two bytes are left. Their frame timeout must start once
+    // admission resumes, though no more input comes (a driver that only
+    // re-admits after a write when a whole frame is buffered left them
+    // with no deadline at all).
+    for (name, adjust) in architectures() {
+        let srv = server(|c| {
+            adjust(c);
+            c.limits.max_in_flight = 2;
+            c.limits.frame_timeout = Duration::from_millis(300);
+        });
+        let mut raw = Raw::connect(srv.local_addr());
+        let mut bytes: Vec<u8> = (1..=5).flat_map(ping).collect();
+        bytes.extend_from_slice(&[0, 0]);
+        raw.send_bytes(&bytes);
+        let ids: Vec<u64> = (0..5).filter_map(|_| raw.recv().map(|r| r.id)).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5], "{name}");
+        let r = raw.recv().expect("the timeout's answer");
+        assert_eq!(
+            (r.id, r.status),
+            (0, Status::InvalidRequest as i32),
+            "{name}: {r:?}"
+        );
+        assert!(raw.recv().is_none(), "{name}: then the close");
+        srv.shutdown();
+    }
+}
+
+#[test]
 fn a_frame_dribbled_byte_by_byte_is_cut_off_at_the_timeout() {
     // A slowloris sends one byte every 100 ms: the clock runs from the
     // first byte and later bytes do not restart it, so with a 500 ms frame

@@ -252,8 +252,9 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
     // The read timeout now set (a system call to change).
     let mut read_timeout: Option<Option<Duration>> = None;
     stream.set_write_timeout(Some(limits.write_timeout))?;
-    // The clock is read once after each blocking call and once at the end of
-    // each request run (by the round); everything between uses that reading.
+    // The clock is read after each read, after a write only if it had to
+    // wait, and at the end of each request run (by the round); everything
+    // between uses the latest reading.
     let mut now = Instant::now();
     loop {
         if ctx.stopping.load(Relaxed) {
@@ -270,14 +271,16 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
         now = round.now();
         if conn.take_replies(&mut wbuf, now) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-            write_within(&mut stream, &wbuf, now, limits.write_timeout)?;
+            if write_within(&mut stream, &wbuf, now, limits.write_timeout)? {
+                // It blocked: the idle clock restarts at its end.
+                now = Instant::now();
+                conn.on_written(now);
+            }
             wbuf.clear();
-            // The write may have blocked: the idle clock restarts at its end.
-            now = Instant::now();
-            conn.on_written(now);
-            continue;
-        }
-        if more {
+            if more || conn.may_admit() {
+                continue;
+            }
+        } else if more {
             continue;
         }
         if conn.finished() {
@@ -287,9 +290,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
         // call, and the idle deadline moves with every request, so it is
         // only shortened when it must be, or lengthened when it is far too
         // short; a timeout that fires early just comes round the loop.
-        let wait = conn
-            .deadline(limits)
-            .map(|(at, _)| at.saturating_duration_since(now));
+        let wait = conn.time_left(limits, now);
         if wait == Some(Duration::ZERO) {
             conn.on_deadline(limits, now);
             continue;
@@ -353,12 +354,27 @@ fn needs_new_timeout(set: Option<Option<Duration>>, wait: Option<Duration>) -> b
 /// write timeout. (The socket's own timeout, `limit`, bounds each `write`
 /// call; it is re-set to what is left only after a partial write, so the
 /// common case costs no extra system call, clock read or deadline.)
+///
+/// Returns whether it had to wait. The first `send` does not block
+/// (`MSG_DONTWAIT`), so when the socket takes the whole buffer at once, as
+/// it nearly always does, the caller knows the write took no time and needs
+/// no clock reading to restart the idle clock.
 fn write_within(
     stream: &mut TcpStream,
     mut buf: &[u8],
     from: Instant,
     limit: Duration,
-) -> io::Result<()> {
+) -> io::Result<bool> {
+    match socket2::SockRef::from(&*stream).send_with_flags(buf, libc::MSG_DONTWAIT) {
+        Ok(n) if n == buf.len() => return Ok(false),
+        Ok(n) => buf = &buf[n..],
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) => {}
+        Err(e) => return Err(e),
+    }
     let mut shortened = false;
     let result = loop {
         if buf.is_empty() {
@@ -396,7 +412,7 @@ fn write_within(
     if shortened {
         stream.set_write_timeout(Some(limit))?;
     }
-    result
+    result.map(|()| true)
 }
 
 /// Half-closes, then reads and discards until the peer closes or `linger`

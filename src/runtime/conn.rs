@@ -34,7 +34,7 @@
 //! replies still queued.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -165,7 +165,12 @@ impl<S: Service> Conn<S> {
             return true;
         }
         let mut completed = false;
-        while self.held.is_none() && self.admitting() && !self.paused(limits) {
+        // The cheap test first: most rounds end on an empty buffer.
+        while self.held.is_none()
+            && self.framer.has_partial()
+            && self.admitting()
+            && !self.paused(limits)
+        {
             let frame = match self.framer.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -206,7 +211,7 @@ impl<S: Service> Conn<S> {
             // A frame completed: whatever is left started after it.
             self.partial_since = None;
         }
-        if self.reading(limits) && self.framer.has_partial() {
+        if self.framer.has_partial() && self.reading(limits) {
             self.partial_since.get_or_insert(now);
         } else {
             // Nothing incomplete, or the server is not reading (paused,
@@ -214,6 +219,15 @@ impl<S: Service> Conn<S> {
             self.partial_since = None;
         }
         self.held.is_some()
+    }
+
+    /// True when [`Conn::admit`] may have something to do without more
+    /// input: a request held back, or bytes buffered (a frame to admit, or a
+    /// partial one whose timeout must start now that admission may resume).
+    /// A driver that has just written replies calls `admit` again only then,
+    /// rather than after every write.
+    pub fn may_admit(&self) -> bool {
+        self.held.is_some() || self.framer.has_partial()
     }
 
     /// Keeps a request handed back until the replies waiting are written.
@@ -309,14 +323,34 @@ impl<S: Service> Conn<S> {
     /// The next deadline, if one runs: the frame timeout while a frame is
     /// incomplete, the idle timeout while nothing is buffered or owed.
     pub fn deadline(&self, limits: &Limits) -> Option<(Instant, Timer)> {
+        self.timer(limits)
+            .map(|(since, limit, timer)| (since + limit, timer))
+    }
+
+    /// How long from `now` until [`Conn::deadline`]; zero once it passed.
+    pub fn time_left(&self, limits: &Limits, now: Instant) -> Option<Duration> {
+        let (since, limit, _) = self.timer(limits)?;
+        // Just after a request the idle clock started at `now` itself: the
+        // whole limit is left, with no clock arithmetic.
+        if since == now {
+            return Some(limit);
+        }
+        Some((since + limit).saturating_duration_since(now))
+    }
+
+    /// The timer that runs, if one does: since when, and for how long.
+    fn timer(&self, limits: &Limits) -> Option<(Instant, Duration, Timer)> {
         if self.closing.is_some() {
             return None;
         }
         if let Some(t) = self.partial_since {
-            return Some((t + limits.frame_timeout, Timer::Frame));
+            return Some((t, limits.frame_timeout, Timer::Frame));
         }
-        (self.in_flight == 0 && !self.framer.has_partial())
-            .then(|| (self.last_active + limits.idle_timeout, Timer::Idle))
+        (self.in_flight == 0 && !self.framer.has_partial()).then_some((
+            self.last_active,
+            limits.idle_timeout,
+            Timer::Idle,
+        ))
     }
 
     /// A deadline from [`Conn::deadline`] passed at `now`: the connection

@@ -196,8 +196,10 @@ fn run<S: Service>(
     let outcome = catch_unwind(AssertUnwindSafe(|| svc.execute(request, ctx)));
     let ended = Instant::now();
     let took = ended - start;
-    stats.service_time.record(took);
-    stats.busy_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+    // In nanoseconds once, for both (a u128 product to convert).
+    let took_ns = took.as_nanos().min(u64::MAX as u128) as u64;
+    stats.service_time.record_ns(took_ns);
+    stats.busy_ns.fetch_add(took_ns, Relaxed);
     match outcome {
         Ok(response) => responder.respond(&response),
         Err(_) => {

@@ -130,7 +130,19 @@ impl Framer {
     /// Before the connection waits: lets go of the shared chunk (copying a
     /// partly received frame out of it), and of what [`Framer::shrink`]
     /// gives back.
+    #[inline]
     pub fn settle(&mut self, budget: &RequestBudget) {
+        // Between requests there is nearly always nothing to give back; that
+        // check stays inline, the work does not.
+        let spare = self.buf.is_empty() && (self.charged > 0 || self.buf.capacity() > READ_CHUNK);
+        if self.in_chunk || spare {
+            self.settle_now(budget);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle_now(&mut self, budget: &RequestBudget) {
         if std::mem::take(&mut self.in_chunk) {
             self.buf = match self.buf.is_empty() {
                 true => BytesMut::new(),
@@ -166,7 +178,18 @@ impl Framer {
     }
 
     /// Splits off the next complete frame's body, if one has arrived.
+    #[inline]
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, TooLarge> {
+        // An empty buffer, the usual state after the last frame of a read,
+        // is answered without a call.
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        self.split_frame()
+    }
+
+    #[inline(never)]
+    fn split_frame(&mut self) -> Result<Option<Bytes>, TooLarge> {
         let Some(header) = self.buf.get(..HEADER_LEN) else {
             return Ok(None);
         };

@@ -156,7 +156,11 @@ pub struct Histogram {
 impl LatencyHistogram {
     /// Records one sample.
     pub fn record(&self, d: Duration) {
-        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.record_ns(d.as_nanos().min(u64::MAX as u128) as u64);
+    }
+
+    /// Records a duration already in nanoseconds.
+    pub fn record_ns(&self, ns: u64) {
         self.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
     }
@@ -224,8 +228,13 @@ impl Metrics {
     }
 
     /// The slot of executing thread `i` (wraps, so any index is valid).
+    #[inline]
     pub fn exec(&self, i: usize) -> &ExecStats {
-        &self.exec[i % self.exec.len()]
+        // Callers pass an index in range; the division is for the rest.
+        match self.exec.get(i) {
+            Some(s) => s,
+            None => &self.exec[i % self.exec.len()],
+        }
     }
 
     /// The slot of dispatcher `i` (wraps, so any index is valid).
