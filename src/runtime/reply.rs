@@ -35,11 +35,11 @@
 
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use atomic_waker::AtomicWaker;
 use bytes::BytesMut;
+use parking_lot::Mutex;
 
 use super::service::{Rejection, Service};
 
@@ -75,8 +75,8 @@ pub struct ReplySink {
 }
 
 impl ReplySink {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Pending> {
+        self.pending.lock()
     }
 
     /// Reserves `n` bytes for a reply to come (see [`Responder`]).
