@@ -365,7 +365,10 @@ fn write_within(
     from: Instant,
     limit: Duration,
 ) -> io::Result<bool> {
-    match socket2::SockRef::from(&*stream).send_with_flags(buf, libc::MSG_DONTWAIT) {
+    // MSG_NOSIGNAL as std's own writes use: a reset peer is an EPIPE error,
+    // not a SIGPIPE that kills a process that has not ignored it.
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    match socket2::SockRef::from(&*stream).send_with_flags(buf, flags) {
         Ok(n) if n == buf.len() => return Ok(false),
         Ok(n) => buf = &buf[n..],
         Err(e)

@@ -330,8 +330,8 @@ impl<S: Service> Conn<S> {
     /// How long from `now` until [`Conn::deadline`]; zero once it passed.
     pub fn time_left(&self, limits: &Limits, now: Instant) -> Option<Duration> {
         let (since, limit, _) = self.timer(limits)?;
-        // Just after a request the idle clock started at `now` itself: the
-        // whole limit is left, with no clock arithmetic.
+        // A timer that started at `now` itself (the idle clock, just after
+        // a request) has its whole limit left: no clock arithmetic.
         if since == now {
             return Some(limit);
         }

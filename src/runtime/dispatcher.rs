@@ -340,9 +340,8 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
         let mut just_read = 0usize;
         // One clock reading per wake-up serves the whole round (admission, the
         // frame clock, queueing timestamps); requests run here move the round's
-        // clock on (see `Round`); one more after a write that had to wait, and
-        // one before waiting when requests were handed off, count the round's
-        // busy time.
+        // clock on (see `Round`); one more after a write, or else one before
+        // waiting when requests were handed off, counts the round's busy time.
         let mut now = Instant::now();
         let mut round_start = now;
         loop {
@@ -352,6 +351,8 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             }
             conn.on_read(std::mem::take(&mut just_read), now);
             let round = Round::new(now);
+            // Whether `now` was read after a write in this pass.
+            let mut after_write = false;
             let more = conn.admit(&*shared.service, limits, now, |req, responder| {
                 // Built here, not held across an await: it is not Send.
                 let ctx = ExecContext {
@@ -367,14 +368,12 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             // when the last one ended.
             if conn.take_replies(&mut wbuf, round.now()) > 0 {
                 stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
-                let waited = write_all(&mut *io, &wbuf, &mut timer, limits.write_timeout).await?;
+                write_all(&mut *io, &wbuf, &mut timer, limits.write_timeout).await?;
                 wbuf.clear();
-                now = round.now();
-                if waited {
-                    // What follows is timed from the write's end.
-                    now = Instant::now();
-                    conn.on_written(now);
-                }
+                // The write may have taken long: what follows is timed from its end.
+                now = Instant::now();
+                conn.on_written(now);
+                after_write = true;
                 // Admission only goes round again when it may have work:
                 // replies from workers are picked up by the wait below.
                 if more || conn.may_admit() {
@@ -388,11 +387,9 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             // Requests handed off cost decoding and the hand-off: busy time.
-            // Otherwise `now` is recent enough (the wake-up, the end of the
-            // last request run here, or of a write that waited; a write that
-            // did not wait took no time to speak of), and only bookkeeping
-            // has run since.
-            let waiting_from = if round.submitted() {
+            // Otherwise `now` is recent enough (read after the last write or
+            // the wake-up, and only bookkeeping has run since).
+            let waiting_from = if round.submitted() && !after_write {
                 Instant::now()
             } else {
                 now
@@ -455,11 +452,11 @@ async fn read_into<IO: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `buf` whole, within `limit` in all; returns whether it had to
-/// wait. What the socket takes at once, the common case, is written with no
-/// future kept, no clock read and no timer; only a write that would block
-/// arms the connection's timer, in a boxed future: its state would otherwise
-/// sit in every connection's task (a third of it, idle or not).
+/// Writes `buf` whole, within `limit` in all. What the socket takes at once,
+/// the common case, is written with no future kept, no clock read and no
+/// timer; only a write that would block arms the connection's timer, in a
+/// boxed future: its state would otherwise sit in every connection's task
+/// (a third of it, idle or not).
 // An `async fn` would keep its arguments twice in every connection's task.
 #[allow(clippy::manual_async_fn)]
 fn write_all<'a, IO: AsyncWrite + Unpin>(
@@ -467,7 +464,7 @@ fn write_all<'a, IO: AsyncWrite + Unpin>(
     buf: &'a [u8],
     timer: &'a mut ConnTimer,
     limit: Duration,
-) -> impl Future<Output = io::Result<bool>> + 'a {
+) -> impl Future<Output = io::Result<()>> + 'a {
     async move {
         let mut written = 0;
         let done = std::future::poll_fn(|cx| {
@@ -475,10 +472,9 @@ fn write_all<'a, IO: AsyncWrite + Unpin>(
         })
         .await?;
         if done {
-            return Ok(false);
+            return Ok(());
         }
-        Box::pin(write_within(io, &buf[written..], timer, limit)).await?;
-        Ok(true)
+        Box::pin(write_within(io, &buf[written..], timer, limit)).await
     }
 }
 

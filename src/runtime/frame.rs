@@ -132,15 +132,16 @@ impl Framer {
     /// gives back.
     #[inline]
     pub fn settle(&mut self, budget: &RequestBudget) {
-        // Between requests there is nearly always nothing to give back; that
-        // check stays inline, the work does not.
+        // A blocking driver reads into the connection's own buffer, and
+        // between its requests there is nearly always nothing to give back:
+        // that check stays inline. (A dispatcher's read into the shared
+        // chunk always has something to do here.)
         let spare = self.buf.is_empty() && (self.charged > 0 || self.buf.capacity() > READ_CHUNK);
         if self.in_chunk || spare {
             self.settle_now(budget);
         }
     }
 
-    #[cold]
     #[inline(never)]
     fn settle_now(&mut self, budget: &RequestBudget) {
         if std::mem::take(&mut self.in_chunk) {
