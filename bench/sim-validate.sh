@@ -184,12 +184,22 @@ src, out, md, cap8, cap16, repeats, calib, commit, hot, seeds = sys.argv[1:]
 cap = {8: float(cap8), 16: float(cap16)}
 def rows(path):
     return list(csv.DictReader(open(path)))
+def measured_repeats():
+    """Runs per measured point, from the sweeps' own `repeats` column."""
+    for wl in ("hot", "bimodal"):
+        d = os.path.join(src, wl)
+        for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            if f.endswith(".csv") and not f.endswith("-runs.csv"):
+                r = rows(os.path.join(d, f))
+                if r and r[0].get("repeats"):
+                    return r[0]["repeats"]
+    return "3"
 lines = [
     "# ramkv-sim against the emulated runs",
     "",
     f"- Date: {os.popen('date -u +%F').read().strip()} (UTC), commit {commit}",
     f"- Measured: `{src}` (bench/emulated.sh: 16 connections, hot workload `--hot-conns {hot}`, service bimodal 90% 500 µs / 10% 5 ms slept, "
-    "2 s measured after 500 ms warmup, 1 s drain, median of 3 runs)",
+    f"2 s measured after 500 ms warmup, 1 s drain, median of {measured_repeats()} runs)",
     f"- Simulated: `bench/sim-validate.sh {src}` (ramkv-sim with the same workload and window, median of {repeats} seeds), "
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
     "- Architectures: lb-N is `lb:1:N`; inline-N (shared socket or reuseport) is `inline:N`, each measured run "
