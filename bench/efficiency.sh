@@ -150,7 +150,7 @@ instructions_per_request() {
     END {
       n = calls > 0 ? calls : r
       # Marked when divided by the counter, so an A/B never mixes the two unseen.
-      if (n > 0 && ir > 0) printf "%.0f%s", ir / n, calls > 0 ? "" : " (by counter)"; else print "n/a"
+      if (n > 0 && ir > 0) printf "%.0f%s", ir / n, (calls > 0 ? "" : " (by counter)"); else print "n/a"
     }' "$1"
 }
 
