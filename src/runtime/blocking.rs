@@ -272,7 +272,7 @@ fn serve<S: Service>(mut stream: TcpStream, id: u64, ctx: &Ctx<S>) -> io::Result
         if conn.take_replies(&mut wbuf, now) > 0 {
             stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
             if write_within(&mut stream, &wbuf, now, limits.write_timeout)? {
-                // It blocked: the idle clock restarts at its end.
+                // It had to wait: the idle clock restarts at its end.
                 now = Instant::now();
                 conn.on_written(now);
             }
