@@ -166,6 +166,37 @@ async fn plain_client_against_a_tls_server_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_past_the_limit_reads_why_it_was_refused() {
+    // The refusal goes inside TLS. Written in plaintext, as it was, it
+    // reached the client's TLS stack as a corrupt record, and the client
+    // never learnt that the server was full.
+    let pki = Pki::new("tls-limit", false, false);
+    for arch in [ramkv::Arch::Lb, ramkv::Arch::Inline] {
+        let srv = common::server(|c| {
+            c.arch = arch;
+            c.tls_cert = Some(pki.path("server.pem"));
+            c.tls_key = Some(pki.path("server.key"));
+            c.limits.max_connections = 1;
+        });
+        let opts = || tls_opts(&pki.path("ca.pem"));
+        let first = Client::connect_with(srv.local_addr(), opts())
+            .await
+            .unwrap();
+        first.ping().await.unwrap();
+        let refused = Client::connect_with(srv.local_addr(), opts())
+            .await
+            .unwrap();
+        let err = refused.ping().await.expect_err("refused at the limit");
+        assert!(
+            err.to_string().contains("too many connections"),
+            "{arch:?}: {err}"
+        );
+        first.ping().await.unwrap();
+        srv.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_untrusted_certificates_are_refused() {
     for (tag, expired, foreign, why) in [
         ("expired", true, false, "expired"),

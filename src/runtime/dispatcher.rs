@@ -198,20 +198,33 @@ fn start_connection<S: Service>(
         match shared.refusals.try_linger() {
             Some(place) => {
                 let limits = shared.limits.clone();
+                let tls = shared.tls.clone();
                 tracker.spawn(async move {
                     let _place = place;
                     let mut stream = stream;
-                    let mut timer = ConnTimer::new();
-                    let wrote = write_all(&mut stream, &frame, &mut timer, limits.write_timeout);
-                    if wrote.await.is_ok() {
-                        let _ = close_gracefully(&mut stream, &mut timer, limits.linger).await;
+                    match tls {
+                        None => refuse(&mut stream, &frame, &limits).await,
+                        // The refusal goes inside TLS: sent in plaintext it
+                        // reaches the client's TLS stack as a corrupt
+                        // record, not as the reason. The handshake is bounded
+                        // like any other, and by the lingering places.
+                        Some(handshakes) => {
+                            if let Ok(mut tls) =
+                                handshakes.accept(stream, limits.frame_timeout).await
+                            {
+                                refuse(&mut tls, &frame, &limits).await;
+                            }
+                        }
                     }
                 });
             }
             // Too many refusals lingering: a fresh socket's send buffer
-            // takes a small frame at once; close without waiting.
+            // takes a small frame at once; close without waiting. (Over TLS
+            // nothing can be said without a handshake: just close.)
             None => {
-                let _ = stream.try_write(&frame);
+                if shared.tls.is_none() {
+                    let _ = stream.try_write(&frame);
+                }
             }
         }
         return;
@@ -449,6 +462,18 @@ async fn read_into<IO: AsyncRead + Unpin>(
             .await
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Writes a connection's refusal, then closes gracefully, so that the
+/// client reads it before the close.
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, frame: &[u8], limits: &Limits) {
+    let mut timer = ConnTimer::new();
+    if write_all(&mut *io, frame, &mut timer, limits.write_timeout)
+        .await
+        .is_ok()
+    {
+        let _ = close_gracefully(io, &mut timer, limits.linger).await;
     }
 }
 
