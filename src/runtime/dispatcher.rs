@@ -364,8 +364,6 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             }
             conn.on_read(std::mem::take(&mut just_read), now);
             let round = Round::new(now);
-            // Whether `now` was read after a write in this pass.
-            let mut after_write = false;
             let more = conn.admit(&*shared.service, limits, now, |req, responder| {
                 // Built here, not held across an await: it is not Send.
                 let ctx = ExecContext {
@@ -379,14 +377,14 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             });
             // Requests run here may have taken long: a reply is activity from
             // when the last one ended.
-            if conn.take_replies(&mut wbuf, round.now()) > 0 {
+            let wrote = conn.take_replies(&mut wbuf, round.now()) > 0;
+            if wrote {
                 stats.bytes_out.fetch_add(wbuf.len() as u64, Relaxed);
                 write_all(&mut *io, &wbuf, &mut timer, limits.write_timeout).await?;
                 wbuf.clear();
                 // The write may have taken long: what follows is timed from its end.
                 now = Instant::now();
                 conn.on_written(now);
-                after_write = true;
                 // Admission only goes round again when it may have work:
                 // replies from workers are picked up by the wait below.
                 if more || conn.may_admit() {
@@ -402,7 +400,7 @@ fn serve<'a, S: Service, IO: AsyncRead + AsyncWrite + Unpin>(
             // Requests handed off cost decoding and the hand-off: busy time.
             // Otherwise `now` is recent enough (read after the last write or
             // the wake-up, and only bookkeeping has run since).
-            let waiting_from = if round.submitted() && !after_write {
+            let waiting_from = if round.submitted() && !wrote {
                 Instant::now()
             } else {
                 now
