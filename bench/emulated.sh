@@ -20,7 +20,10 @@
 # Offered rates are fractions of each thread count's capacity: threads ÷ the
 # mean service time the threads really get (the sleeps overshoot; measured
 # first, from the server's own service-time summary).
-# Environment: SERVICE, HOT (2:0.5), FRACTIONS, ZYGOS_FRACTIONS, REPEATS (3), DURATION
+# PLACE=even has ramkv-bench spread the inline systems' connections evenly over
+# their dispatchers, hot ones apart (`--place even`), so that every run has the
+# same placement instead of the server's draw (as-accepted, the default).
+# Environment: SERVICE, HOT (2:0.5), PLACE (as-accepted), FRACTIONS, ZYGOS_FRACTIONS, REPEATS (3), DURATION
 # (2s), WARMUP (500ms), SERVER_CPUS (0), GEN_CPUS (1), BIN, NAME, MACHINE;
 # RENDER_ONLY=1 rewrites the report from a finished run's CSVs.
 set -euo pipefail
@@ -28,6 +31,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 SERVICE=${SERVICE:-bimodal:0.9:500us:5ms}
 HOT=${HOT:-2:0.5}
+PLACE=${PLACE:-as-accepted}
 FRACTIONS=${FRACTIONS:-"0.1 0.3 0.5 0.6 0.7 0.8 0.9 1.0 1.1"}
 ZYGOS_FRACTIONS=${ZYGOS_FRACTIONS:-"0.5 0.7 0.8 0.85 0.9 0.95 1.0"}
 REPEATS=${REPEATS:-3}
@@ -88,10 +92,11 @@ if [ "${RENDER_ONLY:-0}" != 1 ]; then
   mean_us=$(awk -v s="$sum" -v c="$count" 'BEGIN { printf "%.1f", s / c / 1000 }')
   cap8=$(awk -v m="$mean_us" 'BEGIN { printf "%d", 8 / m * 1e6 }')
   cap16=$(awk -v m="$mean_us" 'BEGIN { printf "%d", 16 / m * 1e6 }')
-  printf 'mean_us=%s\ncap8=%s\ncap16=%s\nhot=%s\ncommit=%s\nserver=%q\n' "$mean_us" "$cap8" "$cap16" "$HOT" \
+  printf 'mean_us=%s\ncap8=%s\ncap16=%s\nhot=%s\nplace=%s\ncommit=%s\nserver=%q\n' "$mean_us" "$cap8" "$cap16" "$HOT" "$PLACE" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$("$BIN/ramkv-server" --version)" > "$out/calibration.env"
 fi
 source "$out/calibration.env"
+place=${place:-as-accepted}
 nominal_us=$(awk 'BEGIN { printf "%.0f", 0.9 * 500 + 0.1 * 5000 }')
 echo "mean service time $mean_us us (nominal $nominal_us); capacity $cap8 (8 threads), $cap16 (16 threads) req/s" >&2
 
@@ -100,7 +105,7 @@ echo "mean service time $mean_us us (nominal $nominal_us); capacity $cap8 (8 thr
   echo
   echo "- Date: $date (UTC), commit $commit; server \`$server\`"
   echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r). Server on CPU $SERVER_CPUS, ramkv-bench on CPU $GEN_CPUS."
-  echo "- Command: \`bench/emulated.sh\` (SERVICE=$SERVICE slept, HOT=$HOT, REPEATS=$REPEATS, DURATION=$DURATION, WARMUP=$WARMUP per run)"
+  echo "- Command: \`bench/emulated.sh\` (SERVICE=$SERVICE slept, HOT=$HOT, PLACE=$place, REPEATS=$REPEATS, DURATION=$DURATION, WARMUP=$WARMUP per run)"
   echo "- Mean service time the threads really get: **$mean_us µs** (nominal $nominal_us µs; measured by lb-16 at 1,000 req/s). Capacity = threads ÷ that: **$cap8 req/s** for 8 threads, **$cap16 req/s** for 16."
   echo "- Each point is the median of $REPEATS runs, [interval] the range that covers the median (75% for 3 runs). \`~\`: the run's generator was late (under 99.9% of sends within 50 µs), \`!\`: invalid (under 95%). \`†\`: some requests were never answered within the run plus a 1 s drain (timeouts); the percentiles cover only the answered ones, so they understate the wait."
   echo
@@ -111,6 +116,7 @@ sweep() {
   local sys=$1 wl=$2 cap=$3; shift 3
   [ "${RENDER_ONLY:-0}" != 1 ] || return 0
   local hot=(); [ "$wl" = hot ] && hot=(--hot-conns "$HOT")
+  [[ $sys == inline-* ]] && hot+=(--place "$place")
   start "$sys"
   gen ${hot[@]+"${hot[@]}"} --sweep "$(rates_for "$cap" "$@")" --repeat "$REPEATS" --out "$out/$wl/$sys" \
     --title "$wl: $sys" 2>&1 | sed "s/^/   $sys: /" >&2 || true

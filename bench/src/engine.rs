@@ -130,6 +130,9 @@ pub struct RunConfig {
     /// every connection (up to [`QUIET_WITHIN`]), and records which
     /// dispatcher serves each of its own ([`RunResult::placement`]).
     pub admin: Option<String>,
+    /// How the connections are spread over the server's dispatchers (needs
+    /// `admin` unless [`Place::AsAccepted`](crate::placement::Place)).
+    pub place: crate::placement::Place,
 }
 
 /// Error replies and lost requests, counted by status, with the first
@@ -626,6 +629,9 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
     if cfg.admin.is_some() && cfg.target.kind != Kind::Ramkv {
         return Err("--admin applies to ramkv targets only".into());
     }
+    if cfg.place != crate::placement::Place::AsAccepted && cfg.admin.is_none() {
+        return Err("--place even needs --admin (where the server says which dispatcher got each connection)".into());
+    }
     if cfg.connections == 0 || cfg.threads == 0 {
         return Err("--connections and --threads must be at least 1".into());
     }
@@ -649,6 +655,40 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
         return Err("--concurrency must be at least 1".into());
     }
     Ok(())
+}
+
+/// Opens one connection of the run. Under [`Place::Even`](crate::placement::Place)
+/// it closes each one the server put where [`Steer`](crate::placement::Steer)
+/// would not keep it and opens another, up to [`Steer::tries`](crate::placement::Steer::tries) times.
+async fn open_placed(cfg: &RunConfig, shared: &Shared, hot: bool) -> Result<Link, String> {
+    let open = || {
+        connect(
+            &cfg.target,
+            cfg.auth_token.as_deref(),
+            cfg.tls.as_ref(),
+            cfg.connect_timeout,
+        )
+    };
+    let (Some(steer), Some(admin)) = (&shared.steer, &cfg.admin) else {
+        return open().await;
+    };
+    let lock = || steer.lock().unwrap_or_else(|e| e.into_inner());
+    let tries = lock().tries();
+    for _ in 0..tries {
+        let link = open().await?;
+        let local = link
+            .local_addr()
+            .ok_or("--place even: a connection without a local address")?;
+        // Blocking, but nothing else runs on this thread before the start.
+        let dispatcher = crate::placement::dispatcher_of(admin, local)?;
+        if lock().keep(dispatcher, hot) {
+            return Ok(link);
+        }
+    }
+    Err(format!(
+        "--place even: no connection landed where it was needed in {tries} tries; \
+         the server at {admin} does not spread new connections over its dispatchers"
+    ))
 }
 
 /// Connects once, with the run's settings, and closes: a target that cannot
@@ -680,6 +720,8 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// Each connection's local address, by connection index.
     locals: Mutex<Vec<Option<std::net::SocketAddr>>>,
+    /// Which connections to keep, under [`Place::Even`](crate::placement::Place).
+    steer: Option<Mutex<crate::placement::Steer>>,
     abort: AtomicBool,
 }
 
@@ -699,6 +741,12 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
         }
     }
     probe(cfg)?;
+    let steer = match (&cfg.admin, cfg.place) {
+        (Some(admin), crate::placement::Place::Even) => Some(Mutex::new(
+            crate::placement::Steer::new(crate::placement::dispatchers(admin)?),
+        )),
+        _ => None,
+    };
     let threads = cfg.threads.min(cfg.connections);
     let weights = conn_weights(cfg.connections, wl.hot_conns);
     let values = Bytes::from(vec![b'x'; wl.value_size.max().max(1)]);
@@ -708,6 +756,7 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
         start: OnceLock::new(),
         failure: Mutex::new(None),
         locals: Mutex::new(vec![None; cfg.connections]),
+        steer,
         abort: AtomicBool::new(false),
     });
     let intervals: Vec<Arc<Mutex<Interval>>> = (0..threads)
@@ -895,14 +944,8 @@ fn generator_thread(
         // Connect everything before the clock starts.
         let mut links = Vec::new();
         for &index in &indices {
-            let link = connect(
-                &cfg.target,
-                cfg.auth_token.as_deref(),
-                cfg.tls.as_ref(),
-                cfg.connect_timeout,
-            )
-            .await;
-            match link {
+            let hot = wl.hot_conns.is_some_and(|(k, _)| index < k);
+            match open_placed(&cfg, &shared, hot).await {
                 Ok(l) => {
                     let mut locals = shared.locals.lock().unwrap_or_else(|e| e.into_inner());
                     locals[index] = l.local_addr();

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use ramkv_bench::dist::{KeyDist, ServiceDist, SizeDist, parse_duration};
 use ramkv_bench::engine::{self, Mode, RunConfig, Workload};
 use ramkv_bench::pacer::Pacing;
+use ramkv_bench::placement::Place;
 use ramkv_bench::protocol::Target;
 use ramkv_bench::report::{self, PlotPoint, Point, Series, Summary, svg_plot};
 use ramkv_client::cli::ConnectArgs;
@@ -127,6 +128,13 @@ struct Args {
     /// and in a sweep's OUT-runs.csv.
     #[arg(long)]
     admin: Option<String>,
+    /// How the connections are spread over the server's dispatchers:
+    /// as-accepted (wherever the server puts them), or even (every
+    /// dispatcher as many as the others, ±1, hot connections apart: the
+    /// generator reopens a connection until it lands where that needs;
+    /// needs --admin).
+    #[arg(long, value_enum, default_value_t = Place::AsAccepted)]
+    place: Place,
     #[command(flatten)]
     connect: ConnectArgs,
     /// No progress line every second.
@@ -296,6 +304,7 @@ fn build(args: &Args) -> anyhow::Result<(RunConfig, Workload)> {
             .map_err(anyhow::Error::msg)?,
         connect_timeout: args.connect.connect_timeout,
         admin: args.admin.clone(),
+        place: args.place,
     };
     engine::check(&cfg, &wl).map_err(anyhow::Error::msg)?;
     Ok((cfg, wl))

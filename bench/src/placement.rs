@@ -26,7 +26,7 @@ const LISTED_WITHIN: Duration = Duration::from_secs(2);
 pub fn fetch(admin: &str, locals: &[Option<SocketAddr>]) -> Result<Placement, String> {
     let until = Instant::now() + LISTED_WITHIN;
     loop {
-        let listed = parse(&get(admin)?)?;
+        let listed = parse(&get(admin, "/connections")?)?;
         let placement: Placement = locals
             .iter()
             .map(|l| l.and_then(|l| listed.get(&l).copied().flatten()))
@@ -49,7 +49,7 @@ pub fn fetch(admin: &str, locals: &[Option<SocketAddr>]) -> Result<Placement, St
 pub fn wait_until_idle(admin: &str, within: Duration) -> Result<usize, String> {
     let until = Instant::now() + within;
     loop {
-        let open = parse(&get(admin)?)?.len();
+        let open = parse(&get(admin, "/connections")?)?.len();
         if open == 0 || Instant::now() >= until {
             return Ok(open);
         }
@@ -57,15 +57,110 @@ pub fn wait_until_idle(admin: &str, within: Duration) -> Result<usize, String> {
     }
 }
 
-/// One HTTP/1.1 GET of `/connections`; the body of a 200 answer.
-fn get(admin: &str) -> Result<String, String> {
-    let fail = |why: String| format!("cannot read {admin}/connections: {why}");
+/// How a run's connections are spread over the server's dispatchers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Place {
+    /// Wherever the server puts them (its accept race or reuseport hash).
+    #[default]
+    AsAccepted,
+    /// Evenly, the hot connections apart: see [`Steer`].
+    Even,
+}
+
+/// How many connections [`Place::Even`] may open and close, per dispatcher,
+/// to fill one place before it gives up: at random placement the chance of
+/// missing a given dispatcher this often is e^-64.
+const TRIES_PER_DISPATCHER: usize = 64;
+
+/// Decides, connection by connection, which to keep for [`Place::Even`].
+#[derive(Debug)]
+pub struct Steer {
+    /// Connections kept on each dispatcher.
+    kept: Vec<usize>,
+    /// Whether a hot connection was kept on each dispatcher.
+    hot: Vec<bool>,
+}
+
+impl Steer {
+    /// For a server with `dispatchers` dispatchers and no connection kept yet.
+    pub fn new(dispatchers: usize) -> Self {
+        Steer {
+            kept: vec![0; dispatchers],
+            hot: vec![false; dispatchers],
+        }
+    }
+
+    /// Keeps a connection the server put on `dispatcher` if no dispatcher has
+    /// fewer kept, and, for a hot one, none of the hot ones is there while
+    /// another dispatcher has none.
+    pub fn keep(&mut self, dispatcher: usize, hot: bool) -> bool {
+        let fewest = self.kept.iter().copied().min().unwrap_or(0);
+        let fits = self.kept.get(dispatcher) == Some(&fewest);
+        let apart = !hot || !self.hot[dispatcher] || self.hot.iter().all(|&h| h);
+        if fits && apart {
+            self.kept[dispatcher] += 1;
+            self.hot[dispatcher] |= hot;
+        }
+        fits && apart
+    }
+
+    /// How many connections to try for one place before giving up.
+    pub fn tries(&self) -> usize {
+        TRIES_PER_DISPATCHER * self.kept.len()
+    }
+}
+
+/// Why [`Place::Even`] cannot run against thread-per-connection.
+const NO_DISPATCHERS: &str =
+    " (thread-per-connection has none): --place even needs a server with dispatchers";
+
+/// The number of dispatchers the server at `admin` runs, from the
+/// per-dispatcher series of its `/metrics`.
+pub fn dispatchers(admin: &str) -> Result<usize, String> {
+    let body = get(admin, "/metrics")?;
+    let n = body
+        .lines()
+        .filter(|l| l.starts_with("ramkv_dispatcher_busy_ns_total{"))
+        .count();
+    if n == 0 {
+        return Err(format!(
+            "{admin}/metrics lists no dispatcher{NO_DISPATCHERS}"
+        ));
+    }
+    Ok(n)
+}
+
+/// The dispatcher serving the connection whose local address is `local`,
+/// once the server lists it (within [`LISTED_WITHIN`]).
+pub fn dispatcher_of(admin: &str, local: SocketAddr) -> Result<usize, String> {
+    let until = Instant::now() + LISTED_WITHIN;
+    loop {
+        match parse(&get(admin, "/connections")?)?.get(&local) {
+            Some(Some(d)) => return Ok(*d),
+            Some(None) => {
+                return Err(format!(
+                    "{admin} lists {local} on no dispatcher{NO_DISPATCHERS}"
+                ));
+            }
+            None if Instant::now() >= until => {
+                return Err(format!(
+                    "{admin} did not list {local} within {LISTED_WITHIN:?}"
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// One HTTP/1.1 GET of `path`; the body of a 200 answer.
+fn get(admin: &str, path: &str) -> Result<String, String> {
+    let fail = |why: String| format!("cannot read {admin}{path}: {why}");
     let mut s = TcpStream::connect(admin).map_err(|e| fail(e.to_string()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| fail(e.to_string()))?;
     write!(
         s,
-        "GET /connections HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| fail(e.to_string()))?;
     let mut text = String::new();
@@ -129,5 +224,29 @@ mod tests {
         assert_eq!(listed.len(), 4, "an unknown peer is still a connection");
         assert!(parse("127.0.0.1:5\n").is_err());
         assert_eq!(field(&vec![Some(1), None, Some(0)]), "1 - 0");
+    }
+
+    #[test]
+    fn even_steering_keeps_counts_level_and_hot_connections_apart() {
+        let mut s = Steer::new(3);
+        assert!(s.keep(1, true));
+        assert!(
+            !s.keep(1, true),
+            "a second hot one would share dispatcher 1"
+        );
+        assert!(
+            !s.keep(1, false),
+            "dispatcher 1 already has more than 0 and 2"
+        );
+        assert!(!s.keep(7, false), "no such dispatcher");
+        assert!(s.keep(0, true));
+        assert!(s.keep(2, false));
+        assert!(s.keep(2, false), "every dispatcher has one: a second round");
+        assert!(!s.keep(2, false));
+        assert_eq!(s.kept, [1, 1, 2]);
+        // More hot connections than dispatchers: they may share once all have one.
+        let mut s = Steer::new(1);
+        assert!(s.keep(0, true) && s.keep(0, true));
+        assert_eq!(s.tries(), TRIES_PER_DISPATCHER);
     }
 }

@@ -177,6 +177,85 @@ fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
     srv.shutdown();
 }
 
+/// `--place even` gives every dispatcher as many connections as the others
+/// and the hot connections dispatchers of their own, on a shared socket and
+/// with SO_REUSEPORT, where the server alone would place them by chance.
+#[test]
+fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
+    for reuseport in [false, true] {
+        let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions::default()).unwrap();
+        let srv = ramkv::ServerBuilder::new(svc)
+            .listen("127.0.0.1:0")
+            .arch(ramkv::Arch::Inline)
+            .dispatchers(4)
+            .reuseport(reuseport)
+            .admin("127.0.0.1:0")
+            .pin(false)
+            .start()
+            .unwrap();
+        let target = format!("ramkv://{}", srv.local_addr());
+        let admin = srv.admin_addr().unwrap().to_string();
+        let out = bench()
+            .args(["--target", &target, "--admin", &admin, "--place", "even"])
+            .args([
+                "--connections",
+                "10",
+                "--hot-conns",
+                "3:0.5",
+                "--rate",
+                "200",
+            ])
+            .args(["--duration", "100ms", "--warmup", "0s", "--json", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let placement: Vec<usize> = json["placement"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no placement in {json}"))
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let mut per = [0; 4];
+        placement.iter().for_each(|&d| per[d] += 1);
+        per.sort();
+        assert_eq!(per, [2, 2, 3, 3], "reuseport {reuseport}: {placement:?}");
+        let hot = &placement[..3];
+        assert!(
+            hot[0] != hot[1] && hot[1] != hot[2] && hot[0] != hot[2],
+            "reuseport {reuseport}: hot ones apart: {placement:?}"
+        );
+        srv.shutdown();
+    }
+    // It needs to ask the server, and a server with dispatchers.
+    let out = bench()
+        .args(["--target", "ramkv://127.0.0.1:1", "--place", "even"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--place even needs --admin"));
+    let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions::default()).unwrap();
+    let srv = ramkv::ServerBuilder::new(svc)
+        .listen("127.0.0.1:0")
+        .arch(ramkv::Arch::ThreadPerConn)
+        .admin("127.0.0.1:0")
+        .start()
+        .unwrap();
+    let out = bench()
+        .args(["--target", &format!("ramkv://{}", srv.local_addr())])
+        .args(["--admin", &srv.admin_addr().unwrap().to_string()])
+        .args(["--place", "even", "--duration", "100ms", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--place even needs a server with dispatchers"),
+        "{}",
+        text(&out.stderr)
+    );
+    srv.shutdown();
+}
+
 #[test]
 fn an_unreachable_target_fails_at_once_with_the_address_and_the_cause() {
     let addr = format!("127.0.0.1:{}", free_port());

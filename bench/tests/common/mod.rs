@@ -47,6 +47,7 @@ pub fn config(target: &str, mode: Mode, duration: Duration) -> RunConfig {
         connect_timeout: Duration::from_secs(2),
         seed: 9,
         admin: None,
+        place: Default::default(),
     }
 }
 
