@@ -40,10 +40,24 @@ arch_of() {
 }
 cap_of() { case "$1" in *-8|*-8-*) echo "$cap8" ;; *) echo "$cap16" ;; esac; }
 
-# A column of a CSV by name, row by row.
-column() { awk -F, -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == n) c = i; next } { print $c }' "$1"; }
+# A column of a CSV by name, row by row (empty where the file has none).
+column() { awk -F, -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == n) c = i; next } { print c ? $c : "" }' "$1"; }
 # Whether a sweep's per-run file recorded the dispatchers (ramkv-bench --admin).
 placed() { [ -f "$1" ] && column "$1" placement | grep -q '[0-9]'; }
+# Whether it recorded the server's mean service time of each run (--admin,
+# since the service time was found to depend on the load).
+timed() { [ -f "$1" ] && column "$1" server_service_us | grep -q '[0-9]'; }
+# The nominal mean service time, µs: bimodal 90% 500 µs, 10% 5 ms.
+nominal_us=950
+# The calibration's overshoot: for runs that did not record their own.
+calib_overshoot=$(awk -F= '$1 == "overshoot_us" { print $2 }' "$CALIBRATION")
+# ramkv-sim's --overshoot-us for a run whose server measured a mean service
+# time of $1 µs (empty: the calibration's), moved by $shift µs.
+shift=0
+overshoot_for() {
+  awk -v m="$1" -v n="$nominal_us" -v c="$calib_overshoot" -v d="$shift" \
+    'BEGIN { printf "%.1f", (m == "" ? c : m - n) + d }'
+}
 # Each measured system, as "WORKLOAD SYSTEM".
 mapfile -t systems < <(
   for csv in "$src"/{hot,bimodal}/*.csv; do
@@ -58,13 +72,19 @@ sim_of() {
   sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
     --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s "$@")
 }
-# A placed system's measured runs, as "RATE;RUN;PLACEMENT".
-runs_of() { paste -d';' <(column "$1" offered_rate) <(column "$1" run) <(column "$1" placement); }
+# A system's measured runs, as "RATE;RUN;PLACEMENT;SERVICE_US".
+runs_of() {
+  paste -d';' <(column "$1" offered_rate) <(column "$1" run) <(column "$1" placement) \
+    <(column "$1" server_service_us)
+}
+# Whether a system's runs are replayed one by one: with the placement they
+# recorded (inline) or the service time they measured.
+replayed() { { [[ $1 == inline-* ]] && placed "$2"; } || timed "$2"; }
 # Sets `at` to ramkv-sim's --placement for a recorded placement; a run that
 # could not record every connection's dispatcher gets a random draw instead.
 placement_of() {
   at=(--placement "$1")
-  if [[ $1 == *-* ]]; then at=(); fi
+  if [[ -z $1 || $1 == *-* ]]; then at=(); fi
 }
 
 # Simulates every measured system into directory $1, with any extra
@@ -76,14 +96,16 @@ simulate() {
     read -r wl sys <<< "$ws"
     sim_of "$wl" "$sys" "$@"
     runs="$src/$wl/$sys-runs.csv"
-    if [[ $sys == inline-* ]] && placed "$runs"; then
+    if replayed "$sys" "$runs"; then
       # Each measured run replayed with the dispatchers its connections
-      # really had; the point is the median of those runs, as measured.
+      # really had and the service time it measured; the point is the
+      # median of those runs, as measured.
       mkdir -p "$out/placed"
       runs_of "$runs" |
-        while IFS=';' read -r rate run placement; do
+        while IFS=';' read -r rate run placement service; do
           placement_of "$placement"
           "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((run + 1)) \
+            --overshoot-us "$(overshoot_for "$service")" \
             --out "$out/placed/$wl-r$rate-n$run" >/dev/null
           rm -f "$out/placed/$wl-r$rate-n$run.svg"
         done
@@ -112,7 +134,8 @@ with open(dest + ".csv", "w") as o:
 PY
     else
       rates=$(column "$src/$wl/$sys.csv" offered_rate | paste -sd,)
-      "${sim[@]}" --sweep "$rates" --repeat "$REPEATS" --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
+      "${sim[@]}" --sweep "$rates" --repeat "$REPEATS" --overshoot-us "$(overshoot_for "")" \
+        --out "$out/$wl" --title "$wl: $sys simulated" >/dev/null
       rm -f "$out/$wl.svg"
     fi
   done
@@ -132,19 +155,21 @@ spread() {
     read -r wl sys <<< "$ws"
     sim_of "$wl" "$sys"
     runs="$src/$wl/$sys-runs.csv"
-    if [[ $sys == inline-* ]] && placed "$runs"; then
+    if replayed "$sys" "$runs"; then
       runs_of "$runs" |
-        while IFS=';' read -r rate run placement; do
+        while IFS=';' read -r rate run placement service; do
           placement_of "$placement"
           for seed in $(seq 1 "$SEEDS"); do
             "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((1000 * (run + 1) + seed)) \
+              --overshoot-us "$(overshoot_for "$service")" \
               --out "$tmp/$wl-$run-r$rate-$seed" >/dev/null
           done
         done
     else
       rates=$(column "$src/$wl/$sys.csv" offered_rate | paste -sd,)
       for seed in $(seq 1 "$SEEDS"); do
-        "${sim[@]}" --sweep "$rates" --seed $((1000 + seed)) --out "$tmp/$wl---$seed" >/dev/null
+        "${sim[@]}" --sweep "$rates" --seed $((1000 + seed)) --overshoot-us "$(overshoot_for "")" \
+          --out "$tmp/$wl---$seed" >/dev/null
       done
     fi
     python3 - "$tmp" "$wl" "$sys" "$out/$wl-$sys-spread.csv" <<'PY'
@@ -173,10 +198,9 @@ spread "$out"
 # service time 1% shorter and 1% longer (the mean service time measured by
 # the emulated runs varies by about 1% between them). Where that moves a percentile by more than 25%, no
 # model calibrated from a measurement can be held to 25% there.
-overshoot=$(awk -F= '$1 == "overshoot_us" { print $2 }' "$CALIBRATION")
 shift_us=$(awk -v m="$mean_us" 'BEGIN { printf "%.1f", m / 100 }')
-simulate "$out/faster" --overshoot-us "$(awk -v o="$overshoot" -v d="$shift_us" 'BEGIN { print o - d }')"
-simulate "$out/slower" --overshoot-us "$(awk -v o="$overshoot" -v d="$shift_us" 'BEGIN { print o + d }')"
+shift=-$shift_us simulate "$out/faster"
+shift=$shift_us simulate "$out/slower"
 
 python3 - "$src" "$out" "$md" "$cap8" "$cap16" "$REPEATS" "$CALIBRATION" "$(git rev-parse --short HEAD)" "$hot_share" "$SEEDS" <<'PY'
 import csv, os, subprocess, sys
@@ -202,6 +226,13 @@ lines = [
     f"2 s measured after 500 ms warmup, 1 s drain, median of {measured_repeats()} runs)",
     f"- Simulated: `bench/sim-validate.sh {src}` (ramkv-sim with the same workload and window, median of {repeats} seeds), "
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
+    ("- Service time: each measured run is replayed with the mean service time its server measured "
+     "(`server_service_us`, recorded by ramkv-bench `--admin`): the sleeps end later at light load than under load, "
+     "so the overshoot above is replaced, run by run, by that mean less the nominal 950 µs."
+     if any(r.get("server_service_us") for wl in ("hot", "bimodal") if os.path.isdir(os.path.join(src, wl))
+            for f in os.listdir(os.path.join(src, wl)) if f.endswith("-runs.csv")
+            for r in rows(os.path.join(src, wl, f)))
+     else "- Service time: the calibration's overshoot for every run (these runs did not record their own)."),
     "- Architectures: lb-N is `lb:1:N`; inline-N (shared socket or reuseport) is `inline:N`, each measured run "
     "replayed with the dispatcher each of its connections had (recorded by ramkv-bench `--admin`; where a run "
     "did not record it, `inline:N:hash`, a random draw per seed); thread-per-conn is `tpc`. "
@@ -209,6 +240,7 @@ lines = [
     "- Ratio = simulated / measured; ✓ within 25%. Loads up to 70% of capacity (threads ÷ mean service time).",
     "",
 ]
+header_len = len(lines)
 summary = []
 for wl in ["hot", "bimodal"]:
     for f in sorted(os.listdir(os.path.join(src, wl))):
@@ -311,7 +343,7 @@ head += ["", "The ±1% column is the simulation again with the mean service time
          "lowest to the highest p50 and p99 the model gives for that run. Each measured inline run, and the measured median "
          "of the other systems, is set against it; one within 25% of it is within 25% of a run the model could have produced. Where the spread itself is wider than ±25%, chance in the arrivals alone "
          "decides more than 25%, and no single run can be predicted closer than that."]
-lines[8:8] = head + [""]
+lines[header_len:header_len] = head + [""]
 open(md, "w").write("\n".join(lines) + "\n")
 print(md)
 PY

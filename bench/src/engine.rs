@@ -223,6 +223,11 @@ pub struct RunResult {
     /// Each connection's server dispatcher, by connection index (with
     /// [`RunConfig::admin`]).
     pub placement: Option<crate::placement::Placement>,
+    /// The mean time the server spent executing each request it finished
+    /// during the run, warmup and drain included, in µs (with
+    /// [`RunConfig::admin`]): what the requests' service really took, for
+    /// example how late sleeps ended on this machine at this load.
+    pub server_service_us: Option<f64>,
 }
 
 impl RunResult {
@@ -674,6 +679,19 @@ async fn open_placed(cfg: &RunConfig, shared: &Shared, hot: bool) -> Result<Link
     };
     let lock = || steer.lock().unwrap_or_else(|e| e.into_inner());
     let tries = lock().tries();
+    // Another generator thread may still be placing a hot connection.
+    let until = Instant::now() + cfg.connect_timeout.saturating_mul(tries as u32);
+    while !hot && lock().hot_pending() {
+        let failed = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if failed || Instant::now() >= until {
+            return Err("--place even: the hot connections were not placed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     for _ in 0..tries {
         let link = open().await?;
         let local = link
@@ -742,9 +760,12 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     }
     probe(cfg)?;
     let steer = match (&cfg.admin, cfg.place) {
-        (Some(admin), crate::placement::Place::Even) => Some(Mutex::new(
-            crate::placement::Steer::new(crate::placement::dispatchers(admin)?),
-        )),
+        (Some(admin), crate::placement::Place::Even) => {
+            Some(Mutex::new(crate::placement::Steer::new(
+                crate::placement::dispatchers(admin)?,
+                wl.hot_conns.map_or(0, |(k, _)| k),
+            )))
+        }
         _ => None,
     };
     let threads = cfg.threads.min(cfg.connections);
@@ -803,6 +824,11 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     if failure.is_some() {
         shared.abort.store(true, Ordering::SeqCst);
     }
+    // A server that cannot report it costs the run nothing.
+    let service_before = cfg
+        .admin
+        .as_deref()
+        .and_then(|a| crate::placement::service_time(a).ok());
     let cpu_before = CpuSample::process();
     let base = Instant::now();
     let clock =
@@ -829,6 +855,12 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
     }
     let wall = base.elapsed().as_secs_f64();
     let cpu = CpuSample::process().since(&cpu_before);
+    let server_service_us = match (&cfg.admin, service_before) {
+        (Some(admin), Some(before)) => crate::placement::service_time(admin)
+            .ok()
+            .and_then(|after| crate::placement::mean_service_us(before, after)),
+        _ => None,
+    };
     Ok(RunResult {
         offered_rate: match cfg.mode {
             Mode::Open { rate } => rate,
@@ -848,6 +880,7 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
             preempted: total.preempted,
         },
         placement,
+        server_service_us,
     })
 }
 

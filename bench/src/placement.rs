@@ -79,27 +79,42 @@ pub struct Steer {
     kept: Vec<usize>,
     /// Whether a hot connection was kept on each dispatcher.
     hot: Vec<bool>,
+    /// Hot connections not kept yet: they go first, or with several
+    /// generator threads a cold one could take the place a hot one needs.
+    hot_left: usize,
 }
 
 impl Steer {
-    /// For a server with `dispatchers` dispatchers and no connection kept yet.
-    pub fn new(dispatchers: usize) -> Self {
+    /// For a server with `dispatchers` dispatchers and a run with `hot` hot
+    /// connections, none kept yet.
+    pub fn new(dispatchers: usize, hot: usize) -> Self {
         Steer {
             kept: vec![0; dispatchers],
             hot: vec![false; dispatchers],
+            hot_left: hot,
         }
+    }
+
+    /// Whether a cold connection must wait for the hot ones to be kept.
+    pub fn hot_pending(&self) -> bool {
+        self.hot_left > 0
     }
 
     /// Keeps a connection the server put on `dispatcher` if no dispatcher has
     /// fewer kept, and, for a hot one, none of the hot ones is there while
-    /// another dispatcher has none.
+    /// another dispatcher has none; a cold one only once every hot one is kept.
     pub fn keep(&mut self, dispatcher: usize, hot: bool) -> bool {
         let fewest = self.kept.iter().copied().min().unwrap_or(0);
         let fits = self.kept.get(dispatcher) == Some(&fewest);
-        let apart = !hot || !self.hot[dispatcher] || self.hot.iter().all(|&h| h);
+        let apart = if hot {
+            !self.hot[dispatcher] || self.hot.iter().all(|&h| h)
+        } else {
+            !self.hot_pending()
+        };
         if fits && apart {
             self.kept[dispatcher] += 1;
             self.hot[dispatcher] |= hot;
+            self.hot_left -= usize::from(hot && self.hot_left > 0);
         }
         fits && apart
     }
@@ -108,6 +123,29 @@ impl Steer {
     pub fn tries(&self) -> usize {
         TRIES_PER_DISPATCHER * self.kept.len()
     }
+}
+
+/// The server's service-time counters from its `/metrics`: seconds spent
+/// executing requests, and how many.
+pub fn service_time(admin: &str) -> Result<(f64, u64), String> {
+    let body = get(admin, "/metrics")?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("{admin}/metrics has no {name}"))
+    };
+    Ok((
+        value("ramkv_service_time_seconds_sum")?,
+        value("ramkv_service_time_seconds_count")? as u64,
+    ))
+}
+
+/// The mean service time, in µs, of the requests the server finished
+/// between two [`service_time`] readings; `None` if it finished none.
+pub fn mean_service_us(before: (f64, u64), after: (f64, u64)) -> Option<f64> {
+    let n = after.1.checked_sub(before.1).filter(|&n| n > 0)?;
+    Some((after.0 - before.0) / n as f64 * 1e6)
 }
 
 /// Why [`Place::Even`] cannot run against thread-per-connection.
@@ -224,12 +262,15 @@ mod tests {
         assert_eq!(listed.len(), 4, "an unknown peer is still a connection");
         assert!(parse("127.0.0.1:5\n").is_err());
         assert_eq!(field(&vec![Some(1), None, Some(0)]), "1 - 0");
+        assert_eq!(mean_service_us((1.0, 10), (1.5, 510)), Some(1000.0));
+        assert_eq!(mean_service_us((1.0, 10), (1.0, 10)), None);
     }
 
     #[test]
     fn even_steering_keeps_counts_level_and_hot_connections_apart() {
-        let mut s = Steer::new(3);
+        let mut s = Steer::new(3, 2);
         assert!(s.keep(1, true));
+        assert!(!s.keep(0, false), "a cold one waits for the second hot one");
         assert!(
             !s.keep(1, true),
             "a second hot one would share dispatcher 1"
@@ -245,8 +286,8 @@ mod tests {
         assert!(!s.keep(2, false));
         assert_eq!(s.kept, [1, 1, 2]);
         // More hot connections than dispatchers: they may share once all have one.
-        let mut s = Steer::new(1);
-        assert!(s.keep(0, true) && s.keep(0, true));
+        let mut s = Steer::new(1, 2);
+        assert!(s.keep(0, true) && s.keep(0, true) && !s.hot_pending());
         assert_eq!(s.tries(), TRIES_PER_DISPATCHER);
     }
 }

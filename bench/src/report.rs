@@ -82,6 +82,9 @@ pub struct Summary {
     /// Each connection's server dispatcher (`--admin`); for one run only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::placement::Placement>,
+    /// The server's mean service time during the run (`--admin`), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_service_us: Option<f64>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -132,6 +135,7 @@ impl Summary {
             generator_preempted: r.generator.preempted,
             generator_limited: r.generator.busiest_thread >= LIMITED_BUSY,
             placement: r.placement.clone(),
+            server_service_us: r.server_service_us,
         }
     }
 
@@ -242,6 +246,7 @@ impl Point {
                 [one] => one.placement.clone(),
                 _ => None,
             },
+            server_service_us: med(est(|s| s.server_service_us)),
         };
         Some(Point {
             summary,
@@ -506,7 +511,7 @@ pub fn csv_row(p: &Point) -> String {
 
 /// The header of a sweep's per-run CSV (`OUT-runs.csv`): one row per run,
 /// with the connections' dispatchers when `--admin` gave them.
-pub const RUNS_CSV_HEADER: &str = "offered_rate,run,achieved_rate,completed,errors,timeouts,p50_us,p90_us,p99_us,p999_us,max_us,adherence,valid,placement";
+pub const RUNS_CSV_HEADER: &str = "offered_rate,run,achieved_rate,completed,errors,timeouts,p50_us,p90_us,p99_us,p999_us,max_us,adherence,valid,placement,server_service_us";
 
 /// The rows of one point's runs under [`RUNS_CSV_HEADER`].
 pub fn runs_csv_rows(p: &Point) -> Vec<String> {
@@ -532,6 +537,7 @@ pub fn runs_csv_rows(p: &Point) -> Vec<String> {
                 s.placement
                     .as_ref()
                     .map_or(String::new(), crate::placement::field),
+                o(s.server_service_us),
             ]
             .join(",")
         })
@@ -897,6 +903,7 @@ mod tests {
             generator_preempted: 0,
             generator_limited: false,
             placement: None,
+            server_service_us: None,
         }
     }
 

@@ -776,6 +776,7 @@ pub fn summary(run: &Run, o: &Outcome) -> crate::report::Summary {
         generator_preempted: 0,
         generator_limited: false,
         placement: None,
+        server_service_us: None,
     }
 }
 

@@ -144,6 +144,13 @@ fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
             .collect();
         assert_eq!(placement.len(), 6, "{row}");
         assert!(placement.iter().all(|&d| d < 3), "{row}");
+        // And the server's own mean service time over the run.
+        let svc = header
+            .iter()
+            .position(|h| *h == "server_service_us")
+            .unwrap();
+        let svc: f64 = row.split(',').nth(svc).unwrap().parse().unwrap();
+        assert!(svc > 0.0 && svc < 1e6, "{row}");
     }
     // A run starts on a quiet server: it waits for connections still open.
     let mut held = std::net::TcpStream::connect(srv.local_addr()).unwrap();
@@ -197,15 +204,11 @@ fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
         let admin = srv.admin_addr().unwrap().to_string();
         let out = bench()
             .args(["--target", &target, "--admin", &admin, "--place", "even"])
-            .args([
-                "--connections",
-                "10",
-                "--hot-conns",
-                "3:0.5",
-                "--rate",
-                "200",
-            ])
-            .args(["--duration", "100ms", "--warmup", "0s", "--json", "--quiet"])
+            .args(["--connections", "10", "--hot-conns", "3:0.5"])
+            // Several generator threads place their connections at once.
+            .args(["--threads", if reuseport { "3" } else { "1" }])
+            .args(["--rate", "200", "--duration", "100ms", "--warmup", "0s"])
+            .args(["--json", "--quiet"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
