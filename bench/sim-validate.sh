@@ -52,11 +52,13 @@ nominal_us=950
 # The calibration's overshoot: for runs that did not record their own.
 calib_overshoot=$(awk -F= '$1 == "overshoot_us" { print $2 }' "$CALIBRATION")
 # ramkv-sim's --overshoot-us for a run whose server measured a mean service
-# time of $1 µs (empty: the calibration's), moved by $shift µs.
+# time of $1 µs where its requests asked for $2 µs (the run's own draw of the
+# bimodal mix; empty: the nominal mean), moved by $shift µs. No $1: the
+# calibration's overshoot.
 shift=0
 overshoot_for() {
-  awk -v m="$1" -v n="$nominal_us" -v c="$calib_overshoot" -v d="$shift" \
-    'BEGIN { printf "%.1f", (m == "" ? c : m - n) + d }'
+  awk -v m="$1" -v r="${2:-$nominal_us}" -v c="$calib_overshoot" -v d="$shift" \
+    'BEGIN { printf "%.1f", (m == "" ? c : m - r) + d }'
 }
 # Each measured system, as "WORKLOAD SYSTEM".
 mapfile -t systems < <(
@@ -72,10 +74,10 @@ sim_of() {
   sim=("$BIN/ramkv-sim" --arch "$sys=$(arch_of "$sys")" --connections 16 ${hot[@]+"${hot[@]}"}
     --service bimodal:0.9:500us:5ms --calibration "$CALIBRATION" --warmup 500ms --duration 2s --drain 1s "$@")
 }
-# A system's measured runs, as "RATE;RUN;PLACEMENT;SERVICE_US".
+# A system's measured runs, as "RATE;RUN;PLACEMENT;SERVER_US;REQUESTED_US".
 runs_of() {
   paste -d';' <(column "$1" offered_rate) <(column "$1" run) <(column "$1" placement) \
-    <(column "$1" server_service_us)
+    <(column "$1" server_service_us) <(column "$1" requested_service_us)
 }
 # Whether a system's runs are replayed one by one: with the placement they
 # recorded (inline) or the service time they measured.
@@ -102,10 +104,10 @@ simulate() {
       # median of those runs, as measured.
       mkdir -p "$out/placed"
       runs_of "$runs" |
-        while IFS=';' read -r rate run placement service; do
+        while IFS=';' read -r rate run placement service requested; do
           placement_of "$placement"
           "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((run + 1)) \
-            --overshoot-us "$(overshoot_for "$service")" \
+            --overshoot-us "$(overshoot_for "$service" "$requested")" \
             --out "$out/placed/$wl-r$rate-n$run" >/dev/null
           rm -f "$out/placed/$wl-r$rate-n$run.svg"
         done
@@ -157,11 +159,11 @@ spread() {
     runs="$src/$wl/$sys-runs.csv"
     if replayed "$sys" "$runs"; then
       runs_of "$runs" |
-        while IFS=';' read -r rate run placement service; do
+        while IFS=';' read -r rate run placement service requested; do
           placement_of "$placement"
           for seed in $(seq 1 "$SEEDS"); do
             "${sim[@]}" --sweep "$rate" ${at[@]+"${at[@]}"} --seed $((1000 * (run + 1) + seed)) \
-              --overshoot-us "$(overshoot_for "$service")" \
+              --overshoot-us "$(overshoot_for "$service" "$requested")" \
               --out "$tmp/$wl-$run-r$rate-$seed" >/dev/null
           done
         done
@@ -226,9 +228,10 @@ lines = [
     f"2 s measured after 500 ms warmup, 1 s drain, median of {measured_repeats()} runs)",
     f"- Simulated: `bench/sim-validate.sh {src}` (ramkv-sim with the same workload and window, median of {repeats} seeds), "
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
-    ("- Service time: each measured run is replayed with the mean service time its server measured "
-     "(`server_service_us`, recorded by ramkv-bench `--admin`): the sleeps end later at light load than under load, "
-     "so the overshoot above is replaced, run by run, by that mean less the nominal 950 µs."
+    ("- Service time: each measured run is replayed with its own overshoot, the mean service time its server "
+     "measured (`server_service_us`, recorded by ramkv-bench `--admin`) less the mean its requests asked for "
+     "(`requested_service_us`; the nominal 950 µs where not recorded): the sleeps end later at light load than "
+     "under load, so this replaces the calibration's overshoot."
      if any(r.get("server_service_us") for wl in ("hot", "bimodal") if os.path.isdir(os.path.join(src, wl))
             for f in os.listdir(os.path.join(src, wl)) if f.endswith("-runs.csv")
             for r in rows(os.path.join(src, wl, f)))

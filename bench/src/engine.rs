@@ -228,6 +228,10 @@ pub struct RunResult {
     /// [`RunConfig::admin`]): what the requests' service really took, for
     /// example how late sleeps ended on this machine at this load.
     pub server_service_us: Option<f64>,
+    /// The mean service time the run's SPIN requests asked for, in µs, over
+    /// every request sent, warmup included (`None` without `--service`): set
+    /// against `server_service_us`, how late the server's sleeps ended.
+    pub requested_service_us: Option<f64>,
 }
 
 impl RunResult {
@@ -481,6 +485,8 @@ struct ThreadState {
     errors: RefCell<ErrorTally>,
     sent: Cell<u64>,
     sent_on_time: Cell<u64>,
+    /// SPIN requests encoded, and the service time they asked for in total.
+    service_asked: Cell<(u64, u64)>,
     interval: Arc<Mutex<Interval>>,
     wl: Workload,
     rng: RefCell<SmallRng>,
@@ -562,8 +568,11 @@ impl ThreadState {
         let mut out = conn.out.borrow_mut();
         let id = sched + 1;
         if let Some(service) = &wl.service {
+            let nanos = service.sample_ns(&mut *rng);
+            let (n, sum) = self.service_asked.get();
+            self.service_asked.set((n + 1, sum.saturating_add(nanos)));
             let op = Operation::Spin {
-                nanos: service.sample_ns(&mut *rng),
+                nanos,
                 sleep: wl.service_sleeps,
             };
             protocol::encode(self.kind, id, &op, &mut out);
@@ -881,6 +890,10 @@ pub fn run(cfg: &RunConfig, wl: &Workload) -> Result<RunResult, String> {
         },
         placement,
         server_service_us,
+        requested_service_us: match total.service_asked {
+            (0, _) => None,
+            (n, sum) => Some(sum as f64 / n as f64 / 1e3),
+        },
     })
 }
 
@@ -923,6 +936,7 @@ struct ThreadResult {
     timeouts: u64,
     sent: u64,
     sent_on_time: u64,
+    service_asked: (u64, u64),
     busiest_thread: f64,
     preempted: u64,
 }
@@ -937,6 +951,7 @@ impl ThreadResult {
             timeouts: 0,
             sent: 0,
             sent_on_time: 0,
+            service_asked: (0, 0),
             busiest_thread: 0.0,
             preempted: 0,
         }
@@ -950,6 +965,8 @@ impl ThreadResult {
         self.timeouts += r.timeouts;
         self.sent += r.sent;
         self.sent_on_time += r.sent_on_time;
+        self.service_asked.0 += r.service_asked.0;
+        self.service_asked.1 = self.service_asked.1.saturating_add(r.service_asked.1);
         self.busiest_thread = self.busiest_thread.max(r.busiest_thread);
         self.preempted += r.preempted;
         Ok(())
@@ -1013,6 +1030,7 @@ fn generator_thread(
             errors: RefCell::new(ErrorTally::default()),
             sent: Cell::new(0),
             sent_on_time: Cell::new(0),
+            service_asked: Cell::new((0, 0)),
             interval,
             wl,
             rng: RefCell::new(SmallRng::seed_from_u64(
@@ -1111,6 +1129,7 @@ fn generator_thread(
             timeouts,
             sent: st.sent.get(),
             sent_on_time: st.sent_on_time.get(),
+            service_asked: st.service_asked.get(),
             busiest_thread: busy,
             preempted: used.preempted,
         })

@@ -85,6 +85,9 @@ pub struct Summary {
     /// The server's mean service time during the run (`--admin`), µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_service_us: Option<f64>,
+    /// The mean service time the run's requests asked for (`--service`), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_service_us: Option<f64>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -136,6 +139,7 @@ impl Summary {
             generator_limited: r.generator.busiest_thread >= LIMITED_BUSY,
             placement: r.placement.clone(),
             server_service_us: r.server_service_us,
+            requested_service_us: r.requested_service_us,
         }
     }
 
@@ -247,6 +251,7 @@ impl Point {
                 _ => None,
             },
             server_service_us: med(est(|s| s.server_service_us)),
+            requested_service_us: med(est(|s| s.requested_service_us)),
         };
         Some(Point {
             summary,
@@ -511,7 +516,7 @@ pub fn csv_row(p: &Point) -> String {
 
 /// The header of a sweep's per-run CSV (`OUT-runs.csv`): one row per run,
 /// with the connections' dispatchers when `--admin` gave them.
-pub const RUNS_CSV_HEADER: &str = "offered_rate,run,achieved_rate,completed,errors,timeouts,p50_us,p90_us,p99_us,p999_us,max_us,adherence,valid,placement,server_service_us";
+pub const RUNS_CSV_HEADER: &str = "offered_rate,run,achieved_rate,completed,errors,timeouts,p50_us,p90_us,p99_us,p999_us,max_us,adherence,valid,placement,server_service_us,requested_service_us";
 
 /// The rows of one point's runs under [`RUNS_CSV_HEADER`].
 pub fn runs_csv_rows(p: &Point) -> Vec<String> {
@@ -538,6 +543,7 @@ pub fn runs_csv_rows(p: &Point) -> Vec<String> {
                     .as_ref()
                     .map_or(String::new(), crate::placement::field),
                 o(s.server_service_us),
+                o(s.requested_service_us),
             ]
             .join(",")
         })
@@ -904,6 +910,7 @@ mod tests {
             generator_limited: false,
             placement: None,
             server_service_us: None,
+            requested_service_us: None,
         }
     }
 

@@ -777,6 +777,7 @@ pub fn summary(run: &Run, o: &Outcome) -> crate::report::Summary {
         generator_limited: false,
         placement: None,
         server_service_us: None,
+        requested_service_us: None,
     }
 }
 

@@ -190,7 +190,11 @@ fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
 #[test]
 fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
     for reuseport in [false, true] {
-        let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions::default()).unwrap();
+        let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions {
+            max_spin: Some(Duration::from_millis(10)),
+            ..Default::default()
+        })
+        .unwrap();
         let srv = ramkv::ServerBuilder::new(svc)
             .listen("127.0.0.1:0")
             .arch(ramkv::Arch::Inline)
@@ -208,6 +212,7 @@ fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
             // Several generator threads place their connections at once.
             .args(["--threads", if reuseport { "3" } else { "1" }])
             .args(["--rate", "200", "--duration", "100ms", "--warmup", "0s"])
+            .args(["--service", "fixed:2ms", "--service-mode", "sleep"])
             .args(["--json", "--quiet"])
             .output()
             .unwrap();
@@ -223,6 +228,12 @@ fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
         placement.iter().for_each(|&d| per[d] += 1);
         per.sort();
         assert_eq!(per, [2, 2, 3, 3], "reuseport {reuseport}: {placement:?}");
+        // What the requests asked for, and what the server took (a sleep
+        // ends at the deadline or later).
+        let asked = json["requested_service_us"].as_f64().unwrap();
+        let took = json["server_service_us"].as_f64().unwrap();
+        assert_eq!(asked, 2000.0, "{json}");
+        assert!(took >= 2000.0 && took < 1e6, "{json}");
         let hot = &placement[..3];
         assert!(
             hot[0] != hot[1] && hot[1] != hot[2] && hot[0] != hot[2],
