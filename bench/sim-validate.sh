@@ -44,8 +44,7 @@ cap_of() { case "$1" in *-8|*-8-*) echo "$cap8" ;; *) echo "$cap16" ;; esac; }
 column() { awk -F, -v n="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == n) c = i; next } { print c ? $c : "" }' "$1"; }
 # Whether a sweep's per-run file recorded the dispatchers (ramkv-bench --admin).
 placed() { [ -f "$1" ] && column "$1" placement | grep -q '[0-9]'; }
-# Whether it recorded the server's mean service time of each run (--admin,
-# since the service time was found to depend on the load).
+# Whether it recorded the server's mean service time of each run (--admin).
 timed() { [ -f "$1" ] && column "$1" server_service_us | grep -q '[0-9]'; }
 # The nominal mean service time, µs: bimodal 90% 500 µs, 10% 5 ms.
 nominal_us=950
@@ -230,8 +229,9 @@ lines = [
     f"step costs from `{calib}`: " + ", ".join(l.strip() for l in open(calib) if l.strip() and not l.startswith('#')),
     ("- Service time: each measured run is replayed with its own overshoot, the mean service time its server "
      "measured (`server_service_us`, recorded by ramkv-bench `--admin`) less the mean its requests asked for "
-     "(`requested_service_us`; the nominal 950 µs where not recorded): the sleeps end later at light load than "
-     "under load, so this replaces the calibration's overshoot."
+     "(`requested_service_us`; the nominal 950 µs where not recorded), in place of the calibration's overshoot. "
+     "The two differ because the calibration took the mean service time less the nominal 950 µs, and a run's own draw "
+     "of the bimodal mix moves its mean by several percent."
      if any(r.get("server_service_us") for wl in ("hot", "bimodal") if os.path.isdir(os.path.join(src, wl))
             for f in os.listdir(os.path.join(src, wl)) if f.endswith("-runs.csv")
             for r in rows(os.path.join(src, wl, f)))

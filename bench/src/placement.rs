@@ -1,6 +1,7 @@
-//! Which server dispatcher serves each of a run's connections, read from
-//! ramkv's admin endpoint (`GET /connections`, `--admin ADDR`), and a quiet
-//! server before each run.
+//! What a run learns from ramkv's admin endpoint (`--admin ADDR`): which
+//! server dispatcher serves each of its connections (`GET /connections`), a
+//! quiet server before it starts, and the server's own service time over it
+//! (`GET /metrics`).
 //!
 //! Under the partitioned architectures (inline on a shared socket or with
 //! SO_REUSEPORT) a run's latency depends on which connections share a
