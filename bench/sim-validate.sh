@@ -342,9 +342,9 @@ head += ["", "The ±1% column is the simulation again with the mean service time
          "percentile by more than 25%, a point no calibrated model can be held to 25% on. "
          + (f"Such points: {', '.join(unsteady)}." if unsteady else "There are none here: no miss is a matter of calibration."),
          "",
-         f"The simulated spread is each point simulated with {seeds} seeds (an inline run with its own recorded placement): the "
-         "lowest to the highest p50 and p99 the model gives for that run. Each measured inline run, and the measured median "
-         "of the other systems, is set against it; one within 25% of it is within 25% of a run the model could have produced. Where the spread itself is wider than ±25%, chance in the arrivals alone "
+         f"The simulated spread is each point simulated with {seeds} seeds (a replayed run with its own placement and service time): the "
+         "lowest to the highest p50 and p99 the model gives for that run. Each replayed run, and otherwise the measured median, "
+         "is set against it; one within 25% of it is within 25% of a run the model could have produced. Where the spread itself is wider than ±25%, chance in the arrivals alone "
          "decides more than 25%, and no single run can be predicted closer than that."]
 lines[header_len:header_len] = head + [""]
 open(md, "w").write("\n".join(lines) + "\n")
