@@ -12,8 +12,12 @@
 //!   dispatcher takes its connections in turns of at most `turn` requests
 //!   each (0: one queue, first come, first served): ramkv's connections are
 //!   tasks that tokio's cooperative budget makes yield after 128 socket
-//!   operations, and a request run inline costs one, its reply's write. So a
-//!   quiet connection waits for one turn of a busy neighbour, not for its
+//!   operations, and a request run inline costs one, its reply's write. With
+//!   `read_turns` a turn ends sooner, once the connection has run what was
+//!   waiting when its turn began: tokio takes a read that did not fill the
+//!   buffer as proof that the socket is drained, so the task's next read
+//!   yields to the runtime, which polls every socket again. So a quiet
+//!   connection waits for one read's worth of a busy neighbour, not for its
 //!   whole backlog.
 //! - `tpc`: one thread per connection.
 //! - `lb:D:W`: D dispatchers read and answer; W workers take requests from
@@ -250,6 +254,9 @@ pub struct Run {
     /// Requests an inline dispatcher runs for one connection before it turns
     /// to the next connection with work (0: first come, first served).
     pub turn: usize,
+    /// A turn also ends once the connection has run the requests that were
+    /// waiting when it began (one read's batch), as ramkv's does.
+    pub read_turns: bool,
 }
 
 /// ramkv's turn: tokio's cooperative budget, one write per request run inline.
@@ -331,25 +338,33 @@ struct Server {
 }
 
 /// An inline dispatcher's turns: round-robin over its connections with
-/// work, at most `turn` requests each before the next one's turn.
+/// work, each turn `quota` requests long (see [`Run::read_turns`]).
 #[derive(Default)]
 struct Turns {
     serving: Option<usize>,
     served: usize,
+    quota: usize,
     waiting: VecDeque<usize>,
 }
 
 impl Turns {
-    fn begin(&mut self, conn: usize) {
+    /// `conn`'s turn begins with one of its requests, of `quota`.
+    fn begin(&mut self, conn: usize, quota: usize) {
         self.serving = Some(conn);
         self.served = 1;
+        self.quota = quota;
     }
 
-    /// The connection whose request runs next; `has_work` says whether a
-    /// connection has requests waiting. `None` when none has.
-    fn next(&mut self, turn: usize, has_work: impl Fn(usize) -> bool) -> Option<usize> {
-        if let Some(c) = self.serving.filter(|&c| has_work(c)) {
-            if self.served < turn {
+    /// The connection whose request runs next; `queued` says how many
+    /// requests a connection has waiting, `quota` how long its turn is with
+    /// that many. `None` when no connection has any.
+    fn next(
+        &mut self,
+        queued: impl Fn(usize) -> usize,
+        quota: impl Fn(usize) -> usize,
+    ) -> Option<usize> {
+        if let Some(c) = self.serving.filter(|&c| queued(c) > 0) {
+            if self.served < self.quota {
                 self.served += 1;
                 return Some(c);
             }
@@ -357,7 +372,7 @@ impl Turns {
         }
         self.serving = None;
         let next = self.waiting.pop_front()?;
-        self.begin(next);
+        self.begin(next, quota(queued(next)));
         Some(next)
     }
 }
@@ -580,7 +595,9 @@ impl Sim<'_> {
                 self.conns[conn].queue.push_back(job);
                 return;
             }
-            self.turns[d].begin(conn);
+            // An idle dispatcher reads this one request: a turn of one.
+            let quota = if self.run.read_turns { 1 } else { self.run.turn };
+            self.turns[d].begin(conn, quota);
         }
         let s = self.server(who);
         if s.busy {
@@ -674,8 +691,9 @@ impl Sim<'_> {
             return;
         }
         if let Some(d) = self.takes_turns(who) {
-            let (conns, turn) = (&self.conns, self.run.turn);
-            match self.turns[d].next(turn, |c| !conns[c].queue.is_empty()) {
+            let (conns, turn, by_read) = (&self.conns, self.run.turn, self.run.read_turns);
+            let quota = |waiting: usize| if by_read { waiting.min(turn) } else { turn };
+            match self.turns[d].next(|c| conns[c].queue.len(), quota) {
                 Some(conn) => {
                     let job = self.conns[conn].queue.pop_front().expect("a waiting job");
                     self.start(who, job, now);
@@ -823,6 +841,7 @@ mod tests {
             quick: 0.0,
             placement: None,
             turn: RAMKV_TURN,
+            read_turns: true,
         }
     }
 
@@ -913,6 +932,7 @@ mod tests {
                 hot: Some((1, 0.9)),
                 duration: 2.0,
                 turn,
+                read_turns: false,
                 ..run(
                     "inline:1",
                     1_200.0,
@@ -926,6 +946,32 @@ mod tests {
         let (fifo, turns) = (served_within_20ms(0), served_within_20ms(8));
         assert!(fifo < 0.02, "first come, first served: {fifo}");
         assert!(turns > 0.08, "in turns: {turns}");
+    }
+
+    #[test]
+    fn a_turn_ends_with_what_one_read_brought_in() {
+        // One dispatcher 90% busy, three quarters of its requests on one
+        // connection. Turns of 128 requests make the other connection wait
+        // out the busy one's backlog; turns of one read's batch, as ramkv
+        // takes them, serve the two nearly first come, first served.
+        let p99 = |turn: usize, read_turns: bool| {
+            let r = Run {
+                connections: 2,
+                hot: Some((1, 0.75)),
+                duration: 5.0,
+                turn,
+                read_turns,
+                ..run(
+                    "inline:1",
+                    900.0,
+                    ServiceDist::Fixed(Duration::from_millis(1)),
+                )
+            };
+            simulate(&r).quantile_us(0.99).unwrap()
+        };
+        let (fifo, reads, budget) = (p99(0, false), p99(128, true), p99(128, false));
+        assert!(reads < 0.8 * budget, "by read {reads} us, by budget {budget} us");
+        assert!(reads < 1.25 * fifo, "by read {reads} us, first come {fifo} us");
     }
 
     #[test]

@@ -77,6 +77,11 @@ struct Args {
     /// makes ramkv's do (0: one queue, first come, first served).
     #[arg(long, default_value_t = sim::RAMKV_TURN)]
     turn: usize,
+    /// Whether a turn also ends once the connection has run what was waiting
+    /// when it began (one read's batch), as ramkv's does: tokio takes a short
+    /// read as a drained socket, and the task's next read yields.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    read_turns: bool,
     /// Each connection's dispatcher ("0 3 1 …", as ramkv-bench's
     /// OUT-runs.csv records it) instead of the architecture's assignment.
     #[arg(long, value_parser = parse_placement)]
@@ -142,6 +147,7 @@ fn main() -> anyhow::Result<()> {
                         quick: args.quick.as_nanos() as f64,
                         placement: args.placement.as_ref().map(|p| p.0.clone()),
                         turn: args.turn,
+                        read_turns: args.read_turns,
                     };
                     sim::summary(&run, &sim::simulate(&run))
                 })
