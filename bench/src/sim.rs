@@ -596,7 +596,11 @@ impl Sim<'_> {
                 return;
             }
             // An idle dispatcher reads this one request: a turn of one.
-            let quota = if self.run.read_turns { 1 } else { self.run.turn };
+            let quota = if self.run.read_turns {
+                1
+            } else {
+                self.run.turn
+            };
             self.turns[d].begin(conn, quota);
         }
         let s = self.server(who);
@@ -970,8 +974,14 @@ mod tests {
             simulate(&r).quantile_us(0.99).unwrap()
         };
         let (fifo, reads, budget) = (p99(0, false), p99(128, true), p99(128, false));
-        assert!(reads < 0.8 * budget, "by read {reads} us, by budget {budget} us");
-        assert!(reads < 1.25 * fifo, "by read {reads} us, first come {fifo} us");
+        assert!(
+            reads < 0.8 * budget,
+            "by read {reads} us, by budget {budget} us"
+        );
+        assert!(
+            reads < 1.25 * fifo,
+            "by read {reads} us, first come {fifo} us"
+        );
     }
 
     #[test]
