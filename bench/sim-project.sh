@@ -117,10 +117,10 @@ L = [
     "",
     f"- Date: {os.popen('date -u +%F').read().strip()} (UTC), commit {commit}; command: `bench/sim-project.sh`",
     "- **Simulated, not measured.** No machine with more than 2 cores was available; the model is "
-    "[validated](2026-11-23-sim-validation-placed-2core-b.md) against emulated runs on 2 cores (lb within 25% at "
-    "every load up to 70%; replaying where each connection landed, inline's p50 and p99 within 25% at 8–9 of 10 "
-    "points and thread-per-conn's at 9 of 10). Inline dispatchers take their connections in turns of 128 requests, "
-    "as tokio's cooperative budget makes ramkv's do.",
+    "[validated](2026-12-06-sim-validation-even-hot30-2core-c.md) against emulated runs on 2 cores (with the same "
+    "placement in every run and each run's measured service time, p50 and p99 within 25% of the median of 15 runs "
+    "at every load up to 70%, for every architecture: 78 of 78 figures). An inline dispatcher takes its connections "
+    "in turns of what one read brought in, at most 128 requests (tokio's cooperative budget), as ramkv's do.",
     f"- Step costs (`{calib}`): " + ", ".join(f"{k} {v:g} µs" for k, v in costs.items()) +
     ". dispatch and handoff are this VM's CPU per request (bench/efficiency.sh: inline-1 and lb with "
     "`--no-quick-path` at 16 connections on one core); a bare-metal core with a newer kernel should spend less on each.",
