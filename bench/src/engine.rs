@@ -671,6 +671,10 @@ pub fn check(cfg: &RunConfig, wl: &Workload) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest a cold connection waits for other generator threads to place
+/// the hot ones under [`Place::Even`](crate::placement::Place).
+const HOT_PLACED_WITHIN: Duration = Duration::from_secs(60);
+
 /// Opens one connection of the run. Under [`Place::Even`](crate::placement::Place)
 /// it closes each one the server put where [`Steer`](crate::placement::Steer)
 /// would not keep it and opens another, up to [`Steer::tries`](crate::placement::Steer::tries) times.
@@ -689,7 +693,11 @@ async fn open_placed(cfg: &RunConfig, shared: &Shared, hot: bool) -> Result<Link
     let lock = || steer.lock().unwrap_or_else(|e| e.into_inner());
     let tries = lock().tries();
     // Another generator thread may still be placing a hot connection.
-    let until = Instant::now() + cfg.connect_timeout.saturating_mul(tries as u32);
+    let until = Instant::now()
+        + cfg
+            .connect_timeout
+            .saturating_mul(tries as u32)
+            .min(HOT_PLACED_WITHIN);
     while !hot && lock().hot_pending() {
         let failed = shared
             .failure
@@ -708,6 +716,12 @@ async fn open_placed(cfg: &RunConfig, shared: &Shared, hot: bool) -> Result<Link
             .ok_or("--place even: a connection without a local address")?;
         // Blocking, but nothing else runs on this thread before the start.
         let dispatcher = crate::placement::dispatcher_of(admin, local)?;
+        if !lock().knows(dispatcher) {
+            return Err(format!(
+                "--place even: {admin} put a connection on dispatcher {dispatcher}, \
+                 but its /metrics counts fewer dispatchers"
+            ));
+        }
         if lock().keep(dispatcher, hot) {
             return Ok(link);
         }

@@ -106,18 +106,25 @@ impl Steer {
     /// another dispatcher has none; a cold one only once every hot one is kept.
     pub fn keep(&mut self, dispatcher: usize, hot: bool) -> bool {
         let fewest = self.kept.iter().copied().min().unwrap_or(0);
-        let fits = self.kept.get(dispatcher) == Some(&fewest);
+        if self.kept.get(dispatcher) != Some(&fewest) {
+            return false;
+        }
         let apart = if hot {
             !self.hot[dispatcher] || self.hot.iter().all(|&h| h)
         } else {
             !self.hot_pending()
         };
-        if fits && apart {
+        if apart {
             self.kept[dispatcher] += 1;
             self.hot[dispatcher] |= hot;
             self.hot_left -= usize::from(hot && self.hot_left > 0);
         }
-        fits && apart
+        apart
+    }
+
+    /// Whether the server's `/metrics` counted `dispatcher` among its own.
+    pub fn knows(&self, dispatcher: usize) -> bool {
+        dispatcher < self.kept.len()
     }
 
     /// How many connections to try for one place before giving up.
@@ -280,7 +287,8 @@ mod tests {
             !s.keep(1, false),
             "dispatcher 1 already has more than 0 and 2"
         );
-        assert!(!s.keep(7, false), "no such dispatcher");
+        assert!(!s.keep(7, false) && !s.keep(7, true), "no such dispatcher");
+        assert!(s.knows(2) && !s.knows(3));
         assert!(s.keep(0, true));
         assert!(s.keep(2, false));
         assert!(s.keep(2, false), "every dispatcher has one: a second round");
