@@ -104,21 +104,37 @@ fn json_contract_and_sweep_files() {
     srv.shutdown();
 }
 
-/// With --admin, each run of a sweep records which server dispatcher served
-/// each connection, in OUT-runs.csv: ramkv-sim replays it.
-#[test]
-fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
-    let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions::default()).unwrap();
+/// A ramkv server with `dispatchers` inline dispatchers (sharded with
+/// SO_REUSEPORT if asked), its admin endpoint and SPIN of up to 10 ms, on
+/// ports of its own: the server, its `ramkv://` target and the admin address.
+fn inline_server(
+    dispatchers: usize,
+    reuseport: bool,
+) -> (ramkv::Server<ramkv::kv::KvService>, String, String) {
+    let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions {
+        max_spin: Some(Duration::from_millis(10)),
+        ..Default::default()
+    })
+    .unwrap();
     let srv = ramkv::ServerBuilder::new(svc)
         .listen("127.0.0.1:0")
         .arch(ramkv::Arch::Inline)
-        .dispatchers(3)
+        .dispatchers(dispatchers)
+        .reuseport(reuseport)
         .admin("127.0.0.1:0")
         .pin(false)
         .start()
         .unwrap();
     let target = format!("ramkv://{}", srv.local_addr());
     let admin = srv.admin_addr().unwrap().to_string();
+    (srv, target, admin)
+}
+
+/// With --admin, each run of a sweep records which server dispatcher served
+/// each connection, in OUT-runs.csv: ramkv-sim replays it.
+#[test]
+fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
+    let (srv, target, admin) = inline_server(3, false);
     let dir = std::env::temp_dir().join(format!("ramkv-bench-placement-{}", std::process::id()));
     let prefix = dir.join("sweep").to_string_lossy().into_owned();
     let out = bench()
@@ -190,22 +206,7 @@ fn sweep_records_each_runs_placement_from_the_admin_endpoint() {
 #[test]
 fn place_even_spreads_connections_and_keeps_hot_ones_apart() {
     for reuseport in [false, true] {
-        let svc = ramkv::kv::KvService::new(ramkv::kv::KvOptions {
-            max_spin: Some(Duration::from_millis(10)),
-            ..Default::default()
-        })
-        .unwrap();
-        let srv = ramkv::ServerBuilder::new(svc)
-            .listen("127.0.0.1:0")
-            .arch(ramkv::Arch::Inline)
-            .dispatchers(4)
-            .reuseport(reuseport)
-            .admin("127.0.0.1:0")
-            .pin(false)
-            .start()
-            .unwrap();
-        let target = format!("ramkv://{}", srv.local_addr());
-        let admin = srv.admin_addr().unwrap().to_string();
+        let (srv, target, admin) = inline_server(4, reuseport);
         let out = bench()
             .args(["--target", &target, "--admin", &admin, "--place", "even"])
             .args(["--connections", "10", "--hot-conns", "3:0.5"])
